@@ -1,0 +1,93 @@
+//! The result of an apply: per-operation outcomes and totals, rendered as
+//! the final summary and as the JSON report.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::plan::render::human_bytes;
+use crate::plan::{Action, Operation};
+
+/// What happened to one operation.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", tag = "status", content = "error")]
+pub enum Outcome {
+    Done,
+    Failed(String),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OperationResult {
+    #[serde(flatten)]
+    pub operation: Operation,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Totals of an apply run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub blobs_copied: usize,
+    pub blobs_mounted: usize,
+    pub blobs_present: usize,
+    /// Bytes read from sources; each is uploaded to every registry in need.
+    pub bytes_copied: u64,
+    pub seconds: f64,
+    pub operations: Vec<OperationResult>,
+}
+
+impl Report {
+    pub fn record(&mut self, operation: Operation, outcome: Outcome) {
+        match (&outcome, operation.action) {
+            (Outcome::Failed(_), _) => self.failed += 1,
+            (Outcome::Done, Action::Create) => self.created += 1,
+            (Outcome::Done, Action::Update) => self.updated += 1,
+            (Outcome::Done, _) => {}
+        }
+        self.operations.push(OperationResult { operation, outcome });
+    }
+
+    pub fn set_duration(&mut self, elapsed: Duration) {
+        self.seconds = elapsed.as_secs_f64();
+    }
+
+    pub fn has_failures(&self) -> bool {
+        self.failed > 0
+    }
+
+    /// Human summary: each failure with its error, then the totals.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for result in &self.operations {
+            if let Outcome::Failed(error) = &result.outcome {
+                let _ = writeln!(out, "Error: {}: {error}", result.operation.destination);
+            }
+        }
+        let throughput = if self.seconds > 0.0 {
+            self.bytes_copied as f64 / self.seconds
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "Apply complete: {} created, {} updated, {} unchanged, {} failed.",
+            self.created, self.updated, self.unchanged, self.failed
+        );
+        let _ = writeln!(
+            out,
+            "Blobs: {} copied ({}), {} mounted, {} present, in {:.1}s ({}/s).",
+            self.blobs_copied,
+            human_bytes(self.bytes_copied),
+            self.blobs_mounted,
+            self.blobs_present,
+            self.seconds,
+            human_bytes(throughput as u64)
+        );
+        out
+    }
+}

@@ -1,0 +1,103 @@
+//! Command-line arguments and logging set-up.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// Keep container images in sync between registries, with a reviewed plan.
+#[derive(Debug, Parser)]
+#[command(name = "syncer", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output on stderr: -v info, -vv debug, -vvv trace. RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check rules files without contacting any registry.
+    Validate(RulesArg),
+    /// Show what apply would copy, comparing digests with HEAD requests.
+    Plan(PlanArgs),
+    /// Plan, ask for confirmation, then copy only what is missing.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RulesArg {
+    /// Rules file, or folder whose *.yaml and *.yml files are read in name order.
+    #[arg(default_value = "rules")]
+    pub rules: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    pub format: PlanFormat,
+    /// Exit 2 when the plan has changes, 0 when it has none, 1 on errors.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Registry requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Apply without asking for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Blob copies and registry requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    /// Also write the apply report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Sends logs to stderr, filtered by RUST_LOG or by -v and -q.
+pub fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("syncer={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

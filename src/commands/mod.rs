@@ -1,0 +1,57 @@
+//! One module per subcommand, each wiring the library parts together.
+
+mod apply;
+mod plan;
+mod validate;
+
+use std::path::Path;
+
+use crate::cli::Command;
+use crate::registry::Registries;
+use crate::rules::Rules;
+
+/// Process exit codes, part of the command-line interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success; under `--detailed-exitcode`, also "no changes".
+    Success = 0,
+    /// Invalid rules, an unreachable registry or any failed operation.
+    Failure = 1,
+    /// Under `--detailed-exitcode` only: the plan has changes.
+    Changes = 2,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+/// Runs one subcommand.
+pub async fn run(command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Validate(args) => validate::run(&args.rules),
+        Command::Plan(args) => plan::run(&args).await,
+        Command::Apply(args) => apply::run(&args).await,
+    }
+}
+
+/// Loads rules, printing every diagnostic on stderr when they are invalid.
+fn load_rules(path: &Path) -> Result<Rules, Exit> {
+    crate::rules::load(path).map_err(|error| {
+        for diagnostic in &error.diagnostics {
+            eprintln!("error: {diagnostic}");
+        }
+        let count = error.diagnostics.len();
+        eprintln!(
+            "Error: {} has {count} error{}",
+            path.display(),
+            if count == 1 { "" } else { "s" }
+        );
+        Exit::Failure
+    })
+}
+
+fn registries(rules: &Rules) -> Registries {
+    Registries::new(rules.registries.clone())
+}

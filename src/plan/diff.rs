@@ -1,0 +1,318 @@
+//! Diffing: HEAD every source and destination once, then turn each desired
+//! copy into an operation with its blob counts.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::{stream, StreamExt};
+
+use super::tree::{fetch_tree, TreeCache};
+use super::{resolve, Action, BlobCounts, Desired, Operation, Plan, ResolveError};
+use crate::oci::{Digest, Reference, Repository};
+use crate::registry::{ManifestHead, Registries, RegistryError};
+use crate::rules::Rules;
+
+/// Knobs for planning.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Registry requests in flight at once across the run.
+    pub jobs: usize,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("{reference}: {source}")]
+    Registry {
+        reference: String,
+        source: RegistryError,
+    },
+    #[error("{reference}: manifest not found")]
+    SourceMissing { reference: Reference },
+}
+
+/// Resolves `rules` and compares every source with its destinations.
+pub async fn build_plan(
+    rules: &Rules,
+    registries: &Registries,
+    options: &PlanOptions,
+) -> Result<Plan, Vec<PlanError>> {
+    let jobs = options.jobs.max(1);
+    let (desired, mut warnings) = resolve(rules, registries, jobs)
+        .await
+        .map_err(|errors| errors.into_iter().map(PlanError::from).collect::<Vec<_>>())?;
+    let heads = head_all(&desired, registries, jobs).await?;
+    let mut operations = Vec::new();
+    let mut errors = Vec::new();
+    for item in &desired {
+        match heads.get(&item.source).cloned().flatten() {
+            Some(source) => operations.push(operation(
+                item,
+                &source,
+                heads.get(&item.destination).cloned().flatten(),
+            )),
+            // A tag listed a moment ago and gone now was deleted meanwhile.
+            None if item.source.tag().is_some() && !is_exact(rules, &item.rule) => {
+                warnings.push(format!(
+                    "{}: listed but no longer found, skipped",
+                    item.source
+                ));
+            }
+            None => errors.push(PlanError::SourceMissing {
+                reference: item.source.clone(),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let cache = Arc::new(TreeCache::default());
+    fill_trees(&mut operations, registries, &cache, jobs).await?;
+    check_blobs(&operations, registries, &cache, jobs).await?;
+    let mut plan = Plan::new(operations, warnings, cache);
+    count_blobs(&mut plan);
+    Ok(plan)
+}
+
+/// Whether the rule named `rule` names one exact tag, whose absence is an
+/// error rather than a race with a deletion.
+fn is_exact(rules: &Rules, rule: &str) -> bool {
+    rules
+        .rules
+        .iter()
+        .any(|r| r.name == rule && matches!(r.source, crate::rules::Source::Image { .. }))
+}
+
+fn operation(
+    item: &Desired,
+    source: &ManifestHead,
+    destination: Option<ManifestHead>,
+) -> Operation {
+    let action = match &destination {
+        None => Action::Create,
+        Some(dest) if dest.digest == source.digest => Action::Unchanged,
+        Some(_) => Action::Update,
+    };
+    let kind = if source.media_type.is_index() {
+        "index"
+    } else {
+        "image"
+    };
+    Operation {
+        action,
+        rule: item.rule.clone(),
+        source: item.source.clone(),
+        destination: item.destination.clone(),
+        source_digest: Some(source.digest.clone()),
+        destination_digest: destination.map(|d| d.digest),
+        kind: Some(kind.to_string()),
+        blobs: BlobCounts::default(),
+    }
+}
+
+/// HEADs every distinct reference once: a source fanned out to several
+/// destinations costs one request.
+async fn head_all(
+    desired: &[Desired],
+    registries: &Registries,
+    jobs: usize,
+) -> Result<HashMap<Reference, Option<ManifestHead>>, Vec<PlanError>> {
+    let mut references = BTreeSet::new();
+    for item in desired {
+        references.insert(item.source.clone());
+        references.insert(item.destination.clone());
+    }
+    let results: Vec<_> = stream::iter(references)
+        .map(|reference| async move {
+            let client = registries.client(&reference.registry);
+            let head = match client {
+                Ok(client) => {
+                    client
+                        .head_manifest(&reference.repository, &reference.target)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            (reference, head)
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    collect_results(results.into_iter().map(|(reference, head)| {
+        head.map(|h| (reference.clone(), h))
+            .map_err(|source| PlanError::Registry {
+                reference: reference.to_string(),
+                source,
+            })
+    }))
+    .map(|pairs| pairs.into_iter().collect())
+}
+
+/// Fetches the content tree of every changed operation's source.
+async fn fill_trees(
+    operations: &mut [Operation],
+    registries: &Registries,
+    cache: &TreeCache,
+    jobs: usize,
+) -> Result<(), Vec<PlanError>> {
+    let mut wanted: BTreeSet<(String, Repository, Digest)> = BTreeSet::new();
+    for op in operations.iter().filter(|op| op.action.is_change()) {
+        if let Some(digest) = &op.source_digest {
+            wanted.insert((
+                op.source.registry.clone(),
+                op.source.repository.clone(),
+                digest.clone(),
+            ));
+        }
+    }
+    let results: Vec<_> = stream::iter(wanted)
+        .map(|(registry, repository, digest)| async move {
+            let tree = async {
+                fetch_tree(&*registries.client(&registry)?, &repository, &digest, cache).await
+            }
+            .await;
+            tree.map(|_| ()).map_err(|source| PlanError::Registry {
+                reference: format!("{registry}/{repository}@{digest}"),
+                source,
+            })
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    collect_results(results.into_iter()).map(|_| ())
+}
+
+/// HEADs each blob of each changed operation at its destination repository.
+async fn check_blobs(
+    operations: &[Operation],
+    registries: &Registries,
+    cache: &TreeCache,
+    jobs: usize,
+) -> Result<(), Vec<PlanError>> {
+    let mut wanted: HashSet<(String, Repository, Digest)> = HashSet::new();
+    for op in operations.iter().filter(|op| op.action.is_change()) {
+        let Some(tree) = op
+            .source_digest
+            .as_ref()
+            .and_then(|d| cache.tree(&op.source.registry, d))
+        else {
+            continue;
+        };
+        for blob in &tree.blobs {
+            wanted.insert((
+                op.destination.registry.clone(),
+                op.destination.repository.clone(),
+                blob.digest.clone(),
+            ));
+        }
+    }
+    let results: Vec<_> = stream::iter(wanted)
+        .map(|(registry, repository, digest)| async move {
+            let present = async {
+                registries
+                    .client(&registry)?
+                    .blob_exists(&repository, &digest)
+                    .await
+            }
+            .await;
+            match present {
+                Ok(present) => {
+                    cache.set_blob_present(&registry, &repository, &digest, present);
+                    Ok(())
+                }
+                Err(source) => Err(PlanError::Registry {
+                    reference: format!("{registry}/{repository}@{digest}"),
+                    source,
+                }),
+            }
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    collect_results(results.into_iter()).map(|_| ())
+}
+
+/// Counts blobs to copy, mount and keep, in plan order. A blob goes to each
+/// destination registry once; later repositories of that registry mount it.
+fn count_blobs(plan: &mut Plan) {
+    let mut in_registry: HashSet<(String, Digest)> = HashSet::new();
+    for op in plan.operations.iter().filter(|op| op.action.is_change()) {
+        let Some(tree) = op
+            .source_digest
+            .as_ref()
+            .and_then(|d| plan.cache.tree(&op.source.registry, d))
+        else {
+            continue;
+        };
+        for blob in &tree.blobs {
+            let dest = &op.destination;
+            if plan
+                .cache
+                .blob_present(&dest.registry, &dest.repository, &blob.digest)
+                == Some(true)
+            {
+                in_registry.insert((dest.registry.clone(), blob.digest.clone()));
+            }
+        }
+    }
+    let cache = plan.cache.clone();
+    let mut in_repository: HashSet<(String, Repository, Digest)> = HashSet::new();
+    for op in plan
+        .operations
+        .iter_mut()
+        .filter(|op| op.action.is_change())
+    {
+        let Some(tree) = op
+            .source_digest
+            .as_ref()
+            .and_then(|d| cache.tree(&op.source.registry, d))
+        else {
+            continue;
+        };
+        let dest = &op.destination;
+        let mut counts = BlobCounts::default();
+        for blob in &tree.blobs {
+            let key = (dest.registry.clone(), blob.digest.clone());
+            let planned = !in_repository.insert((
+                dest.registry.clone(),
+                dest.repository.clone(),
+                blob.digest.clone(),
+            ));
+            // A blob an earlier operation brings into this repository is
+            // there by the time this one needs it.
+            if planned
+                || cache.blob_present(&dest.registry, &dest.repository, &blob.digest) == Some(true)
+            {
+                counts.present += 1;
+            } else if in_registry.contains(&key) {
+                counts.mount += 1;
+            } else {
+                counts.copy += 1;
+                counts.bytes += blob.size;
+                in_registry.insert(key);
+            }
+        }
+        op.kind = Some(tree.kind().to_string());
+        op.blobs = counts;
+    }
+}
+
+fn collect_results<T>(
+    results: impl Iterator<Item = Result<T, PlanError>>,
+) -> Result<Vec<T>, Vec<PlanError>> {
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(value) => values.push(value),
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(values)
+    } else {
+        Err(errors)
+    }
+}

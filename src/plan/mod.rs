@@ -1,0 +1,14 @@
+//! Planning: resolve rules against catalogs and tag lists into desired
+//! copies, compare digests with HEAD requests, and build the `Plan` that
+//! renderers print and the executor applies.
+
+mod diff;
+mod model;
+pub mod render;
+mod resolve;
+mod tree;
+
+pub use diff::{build_plan, PlanError, PlanOptions};
+pub use model::{Action, BlobCounts, Operation, Plan, Summary};
+pub use resolve::{resolve, Desired, ResolveError};
+pub use tree::{fetch_tree, ImageTree};

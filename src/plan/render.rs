@@ -1,0 +1,140 @@
+//! Renderers of a plan: text for people, JSON for machines. They read the
+//! plan model only and never talk to registries.
+
+use std::fmt::Write;
+
+use super::{Action, BlobCounts, Operation, Plan};
+
+/// Renders the plan the way terraform's plan view reads: one block per
+/// change, unchanged tags folded into a count, a legend for the symbols
+/// used, and one summary line.
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    for warning in &plan.warnings {
+        let _ = writeln!(out, "Warning: {warning}");
+    }
+    if !plan.warnings.is_empty() {
+        out.push('\n');
+    }
+    if !plan.has_changes() {
+        let _ = writeln!(
+            out,
+            "No changes. {} destination tags match their sources.",
+            plan.summary.unchanged
+        );
+        return out;
+    }
+    out.push_str("syncer will perform the following operations:\n");
+    for op in plan.changes() {
+        out.push('\n');
+        write_operation(&mut out, op);
+    }
+    out.push('\n');
+    out.push_str(&legend(plan));
+    let _ = writeln!(out, "{}", summary_line(plan));
+    out
+}
+
+fn write_operation(out: &mut String, op: &Operation) {
+    let _ = writeln!(out, "  {} {}", op.action.symbol(), op.destination);
+    let _ = writeln!(out, "      from   {}", op.source);
+    let kind = op.kind.as_deref().unwrap_or("image");
+    match (&op.destination_digest, &op.source_digest) {
+        (Some(old), Some(new)) => {
+            let _ = writeln!(
+                out,
+                "      digest {} -> {} ({kind})",
+                old.short(),
+                new.short()
+            );
+        }
+        (None, Some(new)) => {
+            let _ = writeln!(out, "      digest {} ({kind})", new.short());
+        }
+        _ => {}
+    }
+    if op.action != Action::Delete {
+        let _ = writeln!(out, "      blobs  {}", blob_summary(&op.blobs));
+    }
+}
+
+/// Lists only the non-zero blob counts, such as `2 to copy (1.0 KiB), 1 present`.
+fn blob_summary(blobs: &BlobCounts) -> String {
+    let mut parts = Vec::new();
+    if blobs.copy > 0 {
+        parts.push(format!(
+            "{} to copy ({})",
+            blobs.copy,
+            human_bytes(blobs.bytes)
+        ));
+    }
+    if blobs.mount > 0 {
+        parts.push(format!("{} to mount", blobs.mount));
+    }
+    if blobs.present > 0 {
+        parts.push(format!("{} present", blobs.present));
+    }
+    if parts.is_empty() {
+        return "none needed".to_string();
+    }
+    parts.join(", ")
+}
+
+fn legend(plan: &Plan) -> String {
+    let mut parts = Vec::new();
+    for (action, word) in [
+        (Action::Create, "create"),
+        (Action::Update, "update"),
+        (Action::Delete, "delete"),
+    ] {
+        if plan.operations.iter().any(|op| op.action == action) {
+            parts.push(format!("{} {word}", action.symbol()));
+        }
+    }
+    format!("Symbols: {}\n", parts.join(", "))
+}
+
+/// Formats the summary line, a stable interface that scripts may grep.
+pub fn summary_line(plan: &Plan) -> String {
+    let s = &plan.summary;
+    format!(
+        "Plan: {} to create, {} to update, {} to delete, {} unchanged.",
+        s.create, s.update, s.delete, s.unchanged
+    )
+}
+
+/// Renders the plan as pretty-printed JSON with a trailing newline.
+pub fn json(plan: &Plan) -> String {
+    let mut text = serde_json::to_string_pretty(plan).expect("plan serialises to JSON");
+    text.push('\n');
+    text
+}
+
+/// Formats a byte count with binary units, such as `1.5 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(200 * 1024 * 1024), "200.0 MiB");
+    }
+}

@@ -1,0 +1,544 @@
+//! Registry operations over the distribution API: catalog, tags, manifests
+//! and blobs. Call sites never attach credentials; the transport does.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION,
+};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use tracing::debug;
+use url::Url;
+
+use super::auth::Scope;
+use super::error::RequestInfo;
+use super::transport::{Reply, Req, Transport};
+use super::{ConnectionSettings, RegistryError};
+use crate::oci::{Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target};
+
+/// Largest catalog page Docker Distribution accepts; above it, 2.8.2
+/// answers 400 `PAGINATION_NUMBER_INVALID`.
+const CATALOG_PAGE: usize = 1000;
+
+/// Stream of blob bytes; its last item is an error when the content did not
+/// match the expected digest or size.
+pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
+
+/// What a manifest HEAD reveals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub media_type: MediaType,
+    pub size: u64,
+}
+
+/// Result of opening a blob upload.
+pub enum UploadStart {
+    /// The registry linked the blob from another repository (201).
+    Mounted,
+    /// An upload session to send the bytes to.
+    Session(Url),
+}
+
+#[derive(Deserialize)]
+struct CatalogPage {
+    #[serde(default)]
+    repositories: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct TagsPage {
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+}
+
+/// Client for one registry host.
+pub struct RegistryClient {
+    transport: Transport,
+}
+
+impl RegistryClient {
+    pub fn new(host: &str, settings: ConnectionSettings) -> Result<Self, RegistryError> {
+        Ok(RegistryClient {
+            transport: Transport::new(host, &settings)?,
+        })
+    }
+
+    pub fn host(&self) -> &str {
+        &self.transport.registry
+    }
+
+    /// Lists every repository in the registry's catalog.
+    pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
+        let first = self.transport.url(&format!("v2/_catalog?n={CATALOG_PAGE}"));
+        let pages = match self.pages(first, Scope::catalog()).await {
+            Err(e) if e.has_code("PAGINATION_NUMBER_INVALID") => {
+                self.pages(self.transport.url("v2/_catalog"), Scope::catalog())
+                    .await?
+            }
+            other => other?,
+        };
+        let mut names = Vec::new();
+        for page in pages {
+            let page: CatalogPage = parse_json(&page.0, &page.1)?;
+            names.extend(page.repositories.unwrap_or_default());
+        }
+        Ok(names)
+    }
+
+    /// Lists the tags of `repository`; a repository whose tags were all
+    /// deleted has none.
+    pub async fn tags(&self, repository: &Repository) -> Result<Vec<String>, RegistryError> {
+        let first = self.transport.url(&format!("v2/{repository}/tags/list"));
+        let mut tags = Vec::new();
+        for page in self.pages(first, Scope::pull(repository.as_str())).await? {
+            let page: TagsPage = parse_json(&page.0, &page.1)?;
+            tags.extend(page.tags.unwrap_or_default());
+        }
+        Ok(tags)
+    }
+
+    /// Fetches every page of a list, following `Link: <...>; rel="next"`
+    /// relative to each request URL. A repeated URL is an error, not a loop.
+    async fn pages(
+        &self,
+        first: Url,
+        scope: Scope,
+    ) -> Result<Vec<(RequestInfo, Bytes)>, RegistryError> {
+        let mut seen = HashSet::new();
+        let mut pages = Vec::new();
+        let mut next = Some(first);
+        while let Some(url) = next.take() {
+            let info = RequestInfo::new(&Method::GET, &url);
+            if !seen.insert(url.to_string()) {
+                return Err(RegistryError::Protocol {
+                    request: info,
+                    reason: "pagination repeated a page URL".into(),
+                });
+            }
+            let reply = self
+                .transport
+                .send(&Req::new(Method::GET, url.clone(), scope.clone()))
+                .await?;
+            next = next_link(&url, reply.response.headers());
+            let body = read_body(&info, reply).await?;
+            pages.push((info, body));
+        }
+        Ok(pages)
+    }
+
+    /// Returns the digest and type of a manifest, or `None` if it does not
+    /// exist. Without `Docker-Content-Digest` the manifest is fetched and
+    /// hashed instead.
+    pub async fn head_manifest(
+        &self,
+        repository: &Repository,
+        target: &Target,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
+        let url = self.manifest_url(repository, target);
+        let req = Req::new(Method::HEAD, url, Scope::pull(repository.as_str()))
+            .header(ACCEPT, MediaType::ACCEPT_MANIFESTS);
+        let reply = match self.transport.send(&req).await {
+            Err(e) if e.is_not_found() => return Ok(None),
+            other => other?,
+        };
+        let headers = reply.response.headers();
+        let digest =
+            header_str(headers, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let media_type = header_str(headers, CONTENT_TYPE.as_str()).map(MediaType::new);
+        let size = header_str(headers, CONTENT_LENGTH.as_str()).and_then(|s| s.parse().ok());
+        match (digest, media_type, size) {
+            (Some(digest), Some(media_type), Some(size))
+                if media_type.as_str() != "application/json" =>
+            {
+                Ok(Some(ManifestHead {
+                    digest,
+                    media_type,
+                    size,
+                }))
+            }
+            _ => {
+                debug!(registry = %self.host(), %repository, "manifest HEAD lacks digest or type, fetching it");
+                let manifest = self.get_manifest(repository, target).await?;
+                Ok(Some(ManifestHead {
+                    size: manifest.bytes.len() as u64,
+                    digest: manifest.digest,
+                    media_type: manifest.media_type,
+                }))
+            }
+        }
+    }
+
+    /// Fetches a manifest's exact bytes. A manifest fetched by digest must
+    /// hash to it; one fetched by tag must match `Docker-Content-Digest`.
+    pub async fn get_manifest(
+        &self,
+        repository: &Repository,
+        target: &Target,
+    ) -> Result<Manifest, RegistryError> {
+        let url = self.manifest_url(repository, target);
+        let info = RequestInfo::new(&Method::GET, &url);
+        let req = Req::new(Method::GET, url, Scope::pull(repository.as_str()))
+            .header(ACCEPT, MediaType::ACCEPT_MANIFESTS);
+        let reply = self.transport.send(&req).await?;
+        let headers = reply.response.headers().clone();
+        let body = read_body(&info, reply).await?;
+        let expected = match target {
+            Target::Digest(d) => Some(d.clone()),
+            Target::Tag(_) => {
+                header_str(&headers, "docker-content-digest").and_then(|d| d.parse().ok())
+            }
+        };
+        let algorithm = expected
+            .as_ref()
+            .map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
+        let actual = Digest::compute(algorithm, &body);
+        let manifest = Manifest::new(
+            body,
+            header_str(&headers, CONTENT_TYPE.as_str()),
+            actual.clone(),
+        );
+        match expected {
+            // Signed schema1 manifests are re-signed on every GET, so their
+            // bytes never match the header; they are rejected later anyway.
+            Some(expected) if expected != actual && !manifest.media_type.is_schema1() => {
+                Err(RegistryError::DigestMismatch { expected, actual })
+            }
+            _ => Ok(manifest),
+        }
+    }
+
+    /// Pushes `manifest` byte for byte with its media type, under `target`.
+    pub async fn put_manifest(
+        &self,
+        repository: &Repository,
+        target: &Target,
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError> {
+        let url = self.manifest_url(repository, target);
+        let info = RequestInfo::new(&Method::PUT, &url);
+        let req = Req::new(Method::PUT, url, Scope::push(repository.as_str()))
+            .header(CONTENT_TYPE, manifest.media_type.as_str())
+            .body(manifest.bytes.clone());
+        let reply = self.transport.send(&req).await?;
+        let stored = header_str(reply.response.headers(), "docker-content-digest")
+            .and_then(|d| d.parse::<Digest>().ok());
+        match stored {
+            Some(stored)
+                if stored.algorithm() == manifest.digest.algorithm()
+                    && stored != manifest.digest =>
+            {
+                Err(RegistryError::Protocol {
+                    request: info,
+                    reason: format!(
+                        "registry stored the manifest as {stored}, expected {}",
+                        manifest.digest
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the manifest `digest`, which removes every tag pointing at it.
+    pub async fn delete_manifest(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        let url = self.manifest_url(repository, &Target::Digest(digest.clone()));
+        self.transport
+            .send(&Req::new(
+                Method::DELETE,
+                url,
+                Scope::push(repository.as_str()),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `repository` links the blob. Docker Distribution 2.8.2
+    /// answers 404 for a blob that is in its store but not linked here.
+    pub async fn blob_exists(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let url = self
+            .transport
+            .url(&format!("v2/{repository}/blobs/{digest}"));
+        match self
+            .transport
+            .send(&Req::new(
+                Method::HEAD,
+                url,
+                Scope::pull(repository.as_str()),
+            ))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a streaming read of a blob that checks its size and digest,
+    /// with the algorithm the descriptor names, as the bytes pass.
+    pub async fn get_blob(
+        &self,
+        repository: &Repository,
+        blob: &Descriptor,
+    ) -> Result<BlobStream, RegistryError> {
+        let url = self
+            .transport
+            .url(&format!("v2/{repository}/blobs/{}", blob.digest));
+        let reply = self
+            .transport
+            .send(&Req::new(
+                Method::GET,
+                url,
+                Scope::pull(repository.as_str()),
+            ))
+            .await?;
+        Ok(verified_stream(reply, blob.clone()))
+    }
+
+    /// Opens an upload session, first trying to mount from `mount_from`
+    /// when given. Only 201 means mounted; a 202 is an ordinary session.
+    pub async fn start_upload(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        mount_from: Option<&Repository>,
+    ) -> Result<UploadStart, RegistryError> {
+        let (path, scope) = match mount_from {
+            Some(from) => (
+                format!("v2/{repository}/blobs/uploads/?mount={digest}&from={from}"),
+                Scope::mount(repository.as_str(), from.as_str()),
+            ),
+            None => (
+                format!("v2/{repository}/blobs/uploads/"),
+                Scope::push(repository.as_str()),
+            ),
+        };
+        let url = self.transport.url(&path);
+        let info = RequestInfo::new(&Method::POST, &url);
+        let req = Req::new(Method::POST, url.clone(), scope)
+            .header(CONTENT_LENGTH, "0")
+            .body(Bytes::new());
+        let reply = self.transport.send(&req).await?;
+        if reply.response.status() == StatusCode::CREATED && mount_from.is_some() {
+            return Ok(UploadStart::Mounted);
+        }
+        let location = header_str(reply.response.headers(), LOCATION.as_str())
+            .and_then(|l| url.join(l).ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                request: info,
+                reason: "upload session reply has no Location".into(),
+            })?;
+        Ok(UploadStart::Session(location))
+    }
+
+    /// Completes an upload session with one monolithic PUT of `body`.
+    /// The registry checks `digest` itself, so a body cut short or altered
+    /// never becomes a blob.
+    pub async fn finish_upload(
+        &self,
+        repository: &Repository,
+        session: Url,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), RegistryError> {
+        let mut url = session;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
+        self.transport
+            .send_once(
+                Method::PUT,
+                url,
+                headers,
+                body,
+                &Scope::push(repository.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn manifest_url(&self, repository: &Repository, target: &Target) -> Url {
+        self.transport
+            .url(&format!("v2/{repository}/manifests/{}", target.as_path()))
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Finds the `rel="next"` target of a `Link` header, resolved against `base`.
+fn next_link(base: &Url, headers: &HeaderMap) -> Option<Url> {
+    for value in headers.get_all(LINK) {
+        for link in value.to_str().ok()?.split(',') {
+            let (target, params) = link.split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let is_next = params.split(';').any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next {
+                return base.join(target).ok();
+            }
+        }
+    }
+    None
+}
+
+async fn read_body(info: &RequestInfo, reply: Reply) -> Result<Bytes, RegistryError> {
+    reply
+        .response
+        .bytes()
+        .await
+        .map_err(|source| RegistryError::Transport {
+            request: info.clone(),
+            source,
+            attempts: 1,
+        })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(
+    info: &RequestInfo,
+    body: &[u8],
+) -> Result<T, RegistryError> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::Protocol {
+        request: info.clone(),
+        reason: format!("invalid JSON reply: {e}"),
+    })
+}
+
+/// Wraps a blob response so that the last item reports a digest or size
+/// mismatch. The permit travels with the stream.
+fn verified_stream(reply: Reply, blob: Descriptor) -> BlobStream {
+    let info = RequestInfo::new(&Method::GET, reply.response.url());
+    let permit = reply.permit;
+    let state = (
+        reply.response.bytes_stream(),
+        DigestHasher::new(blob.digest.algorithm()),
+        0u64,
+        false,
+    );
+    let stream = futures::stream::unfold(state, move |(mut inner, mut hasher, mut count, done)| {
+        let blob = blob.clone();
+        let info = info.clone();
+        async move {
+            if done {
+                return None;
+            }
+            match inner.next().await {
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk);
+                    count += chunk.len() as u64;
+                    Some((Ok(chunk), (inner, hasher, count, false)))
+                }
+                Some(Err(source)) => {
+                    let error = RegistryError::Transport {
+                        request: info,
+                        source,
+                        attempts: 1,
+                    };
+                    Some((Err(error), (inner, hasher, count, true)))
+                }
+                None => {
+                    let result = check_content(&blob, hasher.finish(), count);
+                    result.err().map(|e| {
+                        (
+                            Err(e),
+                            (
+                                inner,
+                                DigestHasher::new(blob.digest.algorithm()),
+                                count,
+                                true,
+                            ),
+                        )
+                    })
+                }
+            }
+        }
+    });
+    let _ = &permit;
+    Box::pin(HoldPermit {
+        inner: Box::pin(stream),
+        _permit: permit,
+    })
+}
+
+fn check_content(blob: &Descriptor, actual: Digest, count: u64) -> Result<(), RegistryError> {
+    if blob.size != 0 && count != blob.size {
+        return Err(RegistryError::SizeMismatch {
+            digest: blob.digest.clone(),
+            expected: blob.size,
+            actual: count,
+        });
+    }
+    if actual != blob.digest {
+        return Err(RegistryError::DigestMismatch {
+            expected: blob.digest.clone(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Keeps a concurrency permit alive for as long as a stream is.
+struct HoldPermit {
+    inner: BlobStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Stream for HoldPermit {
+    type Item = Result<Bytes, RegistryError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_link_resolves_relative() {
+        let base = Url::parse("http://127.0.0.1:5000/v2/_catalog?n=1000").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            LINK,
+            HeaderValue::from_static("</v2/_catalog?last=b&n=1000>; rel=\"next\""),
+        );
+        let next = next_link(&base, &headers).unwrap();
+        assert_eq!(
+            next.as_str(),
+            "http://127.0.0.1:5000/v2/_catalog?last=b&n=1000"
+        );
+    }
+
+    #[test]
+    fn next_link_absent_without_rel_next() {
+        let base = Url::parse("http://127.0.0.1:5000/v2/_catalog").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LINK, HeaderValue::from_static("</x>; rel=\"prev\""));
+        assert!(next_link(&base, &headers).is_none());
+    }
+}

@@ -1,0 +1,210 @@
+//! Typed registry errors: which registry, request and status failed, and the
+//! registry's own `errors` envelope.
+
+use std::fmt;
+
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use crate::oci::{Digest, ManifestError};
+
+/// One entry of the distribution API's `{"errors": [...]}` body.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ErrorInfo {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub detail: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    errors: Vec<ErrorInfo>,
+}
+
+/// What a request was: method and URL without its query string, which may
+/// carry signatures of a redirected storage URL.
+#[derive(Clone, Debug)]
+pub struct RequestInfo {
+    pub method: Method,
+    pub url: String,
+}
+
+impl RequestInfo {
+    pub fn new(method: &Method, url: &url::Url) -> Self {
+        let mut shown = url.clone();
+        shown.set_query(None);
+        RequestInfo {
+            method: method.clone(),
+            url: shown.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for RequestInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.url)
+    }
+}
+
+/// Body of an error response: the registry's envelope, or text when the
+/// body is not one.
+#[derive(Clone, Debug)]
+pub enum ErrorBody {
+    Envelope(Vec<ErrorInfo>),
+    Text(String),
+    Empty,
+}
+
+impl ErrorBody {
+    /// Reads an error body, keeping at most 512 characters of plain text.
+    pub fn parse(bytes: &[u8]) -> Self {
+        if let Ok(envelope) = serde_json::from_slice::<Envelope>(bytes) {
+            return ErrorBody::Envelope(envelope.errors);
+        }
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim();
+        if text.is_empty() {
+            return ErrorBody::Empty;
+        }
+        ErrorBody::Text(text.chars().take(512).collect())
+    }
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorBody::Envelope(errors) => {
+                let parts: Vec<String> = errors.iter().map(format_info).collect();
+                write!(f, "{}", parts.join("; "))
+            }
+            ErrorBody::Text(text) => write!(f, "{text:?}"),
+            ErrorBody::Empty => write!(f, "empty body"),
+        }
+    }
+}
+
+fn format_info(info: &ErrorInfo) -> String {
+    match &info.detail {
+        Some(detail) if !detail.is_null() => {
+            format!("{}: {} (detail: {})", info.code, info.message, detail)
+        }
+        _ => format!("{}: {}", info.code, info.message),
+    }
+}
+
+/// Failure of a registry operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{request} returned {status}: {body}{}", attempts_suffix(*attempts))]
+    Status {
+        request: RequestInfo,
+        status: StatusCode,
+        body: ErrorBody,
+        attempts: u32,
+    },
+    #[error("{request} failed: {}{}", error_chain(source), attempts_suffix(*attempts))]
+    Transport {
+        request: RequestInfo,
+        source: reqwest::Error,
+        attempts: u32,
+    },
+    #[error("authentication with {registry} failed: {reason}")]
+    Auth { registry: String, reason: String },
+    #[error("digest mismatch for {expected}: received content hashes to {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("size mismatch for {digest}: expected {expected} bytes, received {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{request}: {reason}")]
+    Protocol {
+        request: RequestInfo,
+        reason: String,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("invalid settings for registry {registry}: {reason}")]
+    Settings { registry: String, reason: String },
+}
+
+fn attempts_suffix(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" (after {attempts} attempts)")
+    } else {
+        String::new()
+    }
+}
+
+/// Joins an error with its sources, since reqwest's top-level message
+/// alone ("error sending request") hides the cause.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl RegistryError {
+    /// HTTP status of a failed request, if the registry answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            RegistryError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether the registry reported that the name or content does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+
+    /// Whether the registry's envelope holds an error with `code`.
+    pub fn has_code(&self, code: &str) -> bool {
+        match self {
+            RegistryError::Status {
+                body: ErrorBody::Envelope(errors),
+                ..
+            } => errors.iter().any(|e| e.code == code),
+            _ => false,
+        }
+    }
+
+    /// Whether trying the same operation again may succeed: connection
+    /// failures, timeouts, 408, 429 and 5xx gateway errors, and content that
+    /// arrived corrupt or short.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Status { status, .. } => is_transient_status(*status),
+            RegistryError::Transport { source, .. } => !source.is_builder(),
+            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn set_attempts(mut self, count: u32) -> Self {
+        match &mut self {
+            RegistryError::Status { attempts, .. } | RegistryError::Transport { attempts, .. } => {
+                *attempts = count
+            }
+            _ => {}
+        }
+        self
+    }
+}
+
+/// Statuses worth retrying: 408, 429, 500, 502, 503 and 504.
+pub fn is_transient_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}

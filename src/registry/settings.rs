@@ -1,0 +1,89 @@
+//! Per-registry connection settings and the pool of clients built from them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{credentials, Credentials, RegistryClient, RegistryError};
+
+/// How to speak TLS to a registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// HTTPS with certificate verification.
+    #[default]
+    Enabled,
+    /// HTTPS without certificate verification.
+    Insecure,
+    /// Plain HTTP.
+    Disabled,
+}
+
+/// Everything needed to connect to one registry.
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    pub tls: TlsMode,
+    /// Extra trusted CA certificates, PEM.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Credentials from the rules file; `None` falls back to docker's config.
+    pub credentials: Option<Credentials>,
+    /// Requests in flight to this registry at once.
+    pub max_concurrency: usize,
+    /// Request rate cap; `None` means unlimited.
+    pub requests_per_second: Option<f64>,
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read_timeout: Duration,
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            tls: TlsMode::Enabled,
+            ca_file: None,
+            client_cert: None,
+            credentials: None,
+            max_concurrency: 16,
+            requests_per_second: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Clients for every registry a run talks to, created on first use.
+pub struct Registries {
+    settings: HashMap<String, ConnectionSettings>,
+    clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
+}
+
+impl Registries {
+    /// Creates a pool; hosts missing from `settings` get the defaults.
+    pub fn new(settings: HashMap<String, ConnectionSettings>) -> Self {
+        Registries {
+            settings,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Returns the client for `host`, building it on first use.
+    pub fn client(&self, host: &str) -> Result<Arc<RegistryClient>, RegistryError> {
+        let mut clients = self.clients.lock().expect("registry pool lock poisoned");
+        if let Some(client) = clients.get(host) {
+            return Ok(client.clone());
+        }
+        let mut settings = self.settings.get(host).cloned().unwrap_or_default();
+        if settings.credentials.is_none() {
+            settings.credentials = credentials::from_docker_config(host)?;
+        }
+        let client = Arc::new(RegistryClient::new(host, settings)?);
+        clients.insert(host.to_string(), client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,481 @@
+//! HTTP transport for one registry: TLS set-up, timeouts, concurrency and
+//! rate limits, redirects, authentication and the single retry policy.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use rand::Rng;
+use reqwest::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, trace, warn};
+use url::Url;
+
+use super::auth::{Authenticator, Scope};
+use super::error::{is_transient_status, ErrorBody, RequestInfo};
+use super::{ConnectionSettings, RegistryError, TlsMode};
+
+/// Longest wait between two attempts, whatever `Retry-After` requests.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Redirect hops followed for one GET or HEAD.
+const MAX_REDIRECTS: usize = 10;
+
+/// A request that can be sent again: its body is held in memory.
+pub struct Req {
+    pub method: Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+    pub scope: Scope,
+}
+
+impl Req {
+    pub fn new(method: Method, url: Url, scope: Scope) -> Self {
+        Req {
+            method,
+            url,
+            headers: HeaderMap::new(),
+            body: None,
+            scope,
+        }
+    }
+
+    pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            self.headers.insert(name, value);
+        }
+        self
+    }
+
+    pub fn body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
+    }
+}
+
+/// A successful response with the concurrency permit it holds until dropped,
+/// so a streamed body counts against the registry's limit while it flows.
+pub struct Reply {
+    pub response: Response,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// Outcome of one attempt, before the retry decision.
+enum Attempt {
+    Done(Reply),
+    Failed(RegistryError, Option<Duration>),
+}
+
+pub struct Transport {
+    pub registry: String,
+    pub base: Url,
+    http: reqwest::Client,
+    auth: Authenticator,
+    limit: Arc<Semaphore>,
+    throttle: Throttle,
+    rate: Option<RateLimiter>,
+    max_attempts: u32,
+}
+
+impl Transport {
+    pub fn new(registry: &str, settings: &ConnectionSettings) -> Result<Self, RegistryError> {
+        let http = build_http(registry, settings)?;
+        let scheme = if settings.tls == TlsMode::Disabled {
+            "http"
+        } else {
+            "https"
+        };
+        let base = Url::parse(&format!("{scheme}://{}/", api_host(registry))).map_err(|e| {
+            RegistryError::Settings {
+                registry: registry.to_string(),
+                reason: format!("invalid host: {e}"),
+            }
+        })?;
+        Ok(Transport {
+            registry: registry.to_string(),
+            base,
+            auth: Authenticator::new(registry, settings.credentials.clone(), http.clone()),
+            http,
+            limit: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
+            throttle: Throttle::default(),
+            rate: settings.requests_per_second.map(RateLimiter::new),
+            max_attempts: settings.max_attempts.max(1),
+        })
+    }
+
+    /// Sends a replayable request, retrying transient failures with
+    /// exponential backoff and jitter. Only a 2xx response is `Ok`.
+    pub async fn send(&self, req: &Req) -> Result<Reply, RegistryError> {
+        let mut attempt = 1;
+        loop {
+            let (error, wait) = match self.attempt(req).await {
+                Attempt::Done(reply) => {
+                    self.throttle.on_success(&self.limit);
+                    return Ok(reply);
+                }
+                Attempt::Failed(error, wait) => (error, wait),
+            };
+            if error.status() == Some(StatusCode::TOO_MANY_REQUESTS) {
+                self.throttle
+                    .on_too_many_requests(&self.limit, &self.registry);
+            }
+            if !error.is_transient() || attempt >= self.max_attempts {
+                return Err(error.set_attempts(attempt));
+            }
+            let delay = wait.unwrap_or_else(|| backoff(attempt)).min(MAX_BACKOFF);
+            warn!(registry = %self.registry, error = %error, attempt, "retrying in {:.1}s", delay.as_secs_f64());
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Sends a request whose body streams and cannot be replayed: one
+    /// attempt. A 401 still refreshes the token for the caller's next try.
+    pub async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: reqwest::Body,
+        scope: &Scope,
+    ) -> Result<Reply, RegistryError> {
+        let permit = self.acquire().await;
+        let info = RequestInfo::new(&method, &url);
+        let mut builder = self.http.request(method, url).headers(headers).body(body);
+        if let Some(auth) = self.auth.header(scope).await? {
+            builder = builder.header(AUTHORIZATION, auth);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|source| transport_error(&info, source))?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
+            self.auth
+                .on_unauthorized(challenge.as_ref(), scope, None)
+                .await?;
+        }
+        if response.status().is_success() {
+            return Ok(Reply { response, permit });
+        }
+        let (error, _) = status_error(info, response).await;
+        Err(error)
+    }
+
+    async fn attempt(&self, req: &Req) -> Attempt {
+        let permit = self.acquire().await;
+        let mut auth = match self.auth.header(&req.scope).await {
+            Ok(auth) => auth,
+            Err(error) => return Attempt::Failed(error, None),
+        };
+        let mut replayed = false;
+        loop {
+            let response = match self.follow(req, auth.as_ref()).await {
+                Ok(response) => response,
+                Err(error) => return Attempt::Failed(error, None),
+            };
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !replayed {
+                let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
+                match self
+                    .auth
+                    .on_unauthorized(challenge.as_ref(), &req.scope, auth.as_ref())
+                    .await
+                {
+                    Ok(Some(next)) => {
+                        auth = Some(next);
+                        replayed = true;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => return Attempt::Failed(error, None),
+                }
+            }
+            if status.is_success() {
+                return Attempt::Done(Reply { response, permit });
+            }
+            let (error, wait) =
+                status_error(RequestInfo::new(&req.method, &req.url), response).await;
+            return Attempt::Failed(error, wait);
+        }
+    }
+
+    /// Sends `req`, following redirects for GET and HEAD. `Authorization`
+    /// goes only to the registry's own scheme, host and port: a redirect to
+    /// a storage backend carries its own signature in the query.
+    async fn follow(
+        &self,
+        req: &Req,
+        auth: Option<&HeaderValue>,
+    ) -> Result<Response, RegistryError> {
+        let mut url = req.url.clone();
+        let follows = req.method == Method::GET || req.method == Method::HEAD;
+        for _ in 0..=MAX_REDIRECTS {
+            if let Some(rate) = &self.rate {
+                rate.wait().await;
+            }
+            let info = RequestInfo::new(&req.method, &url);
+            let mut builder = self
+                .http
+                .request(req.method.clone(), url.clone())
+                .headers(req.headers.clone());
+            if same_origin(&url, &req.url) {
+                if let Some(auth) = auth {
+                    builder = builder.header(AUTHORIZATION, auth.clone());
+                }
+            }
+            if let Some(body) = &req.body {
+                builder = builder.body(body.clone());
+            }
+            trace!(registry = %self.registry, request = %info, "sending");
+            let response = builder
+                .send()
+                .await
+                .map_err(|source| transport_error(&info, source))?;
+            trace!(registry = %self.registry, request = %info, status = %response.status(), "received");
+            if !(follows && response.status().is_redirection()) {
+                return Ok(response);
+            }
+            let next = redirect_target(&url, &response).ok_or_else(|| RegistryError::Protocol {
+                request: info.clone(),
+                reason: format!(
+                    "redirect {} without a valid Location header",
+                    response.status()
+                ),
+            })?;
+            debug!(registry = %self.registry, from = %info, "following redirect");
+            url = next;
+        }
+        Err(RegistryError::Protocol {
+            request: RequestInfo::new(&req.method, &req.url),
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    async fn acquire(&self) -> OwnedSemaphorePermit {
+        self.limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed")
+    }
+
+    /// Resolves a path or a `Location` value against the registry's base URL.
+    pub fn url(&self, path: &str) -> Url {
+        self.base
+            .join(path)
+            .expect("registry paths are valid URL references")
+    }
+}
+
+fn build_http(
+    registry: &str,
+    settings: &ConnectionSettings,
+) -> Result<reqwest::Client, RegistryError> {
+    let invalid = |reason: String| RegistryError::Settings {
+        registry: registry.to_string(),
+        reason,
+    };
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(settings.connect_timeout)
+        .read_timeout(settings.read_timeout)
+        .user_agent(concat!("syncer/", env!("CARGO_PKG_VERSION")));
+    if settings.tls == TlsMode::Insecure {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| invalid(format!("cannot read ca_file {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            invalid(format!(
+                "ca_file {} is not PEM certificates: {e}",
+                path.display()
+            ))
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    if let Some((cert, key)) = &settings.client_cert {
+        let mut pem = std::fs::read(cert)
+            .map_err(|e| invalid(format!("cannot read cert_file {}: {e}", cert.display())))?;
+        pem.extend(
+            std::fs::read(key)
+                .map_err(|e| invalid(format!("cannot read key_file {}: {e}", key.display())))?,
+        );
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| invalid(format!("invalid client certificate or key: {e}")))?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|e| invalid(format!("cannot build HTTP client: {e}")))
+}
+
+/// Docker Hub's API lives on another host than its name.
+fn api_host(registry: &str) -> &str {
+    if registry == crate::oci::DOCKER_HUB {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Resolves `Location` against the request URL, keeping its query
+/// byte-exact because storage backends sign it.
+pub fn redirect_target(base: &Url, response: &Response) -> Option<Url> {
+    let location = response.headers().get(LOCATION)?.to_str().ok()?;
+    base.join(location).ok()
+}
+
+fn transport_error(info: &RequestInfo, source: reqwest::Error) -> RegistryError {
+    RegistryError::Transport {
+        request: info.clone(),
+        source,
+        attempts: 1,
+    }
+}
+
+/// Turns a non-2xx response into an error, with the wait that `Retry-After`
+/// requests on a transient status.
+async fn status_error(info: RequestInfo, response: Response) -> (RegistryError, Option<Duration>) {
+    let status = response.status();
+    let wait = if is_transient_status(status) {
+        response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(parse_retry_after)
+    } else {
+        None
+    };
+    let body = response
+        .bytes()
+        .await
+        .map(|b| ErrorBody::parse(&b))
+        .unwrap_or(ErrorBody::Empty);
+    let error = RegistryError::Status {
+        request: info,
+        status,
+        body,
+        attempts: 1,
+    };
+    (error, wait)
+}
+
+/// Reads `Retry-After` as delta seconds or an HTTP date.
+fn parse_retry_after(value: &HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(text).ok()?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or_default())
+}
+
+/// Exponential backoff from 200 ms, doubled per attempt, with the upper
+/// half jittered so parallel workers spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200).saturating_mul(1 << attempt.min(8)) / 2;
+    let capped = base.min(MAX_BACKOFF);
+    let half = capped / 2;
+    half + half.mul_f64(rand::thread_rng().gen::<f64>())
+}
+
+/// Lowers a registry's concurrency while it returns 429: each 429 takes one
+/// permit out of the semaphore (never the last), and every 20 successes
+/// give one back.
+#[derive(Default)]
+struct Throttle {
+    withheld: Mutex<(usize, u32)>,
+}
+
+/// Successes needed before one withheld permit is returned.
+const SUCCESSES_PER_PERMIT: u32 = 20;
+
+impl Throttle {
+    fn on_too_many_requests(&self, limit: &Semaphore, registry: &str) {
+        let mut state = self.withheld.lock().expect("throttle lock poisoned");
+        let available = limit.available_permits();
+        if available > 1 {
+            limit.forget_permits(1);
+            state.0 += 1;
+            state.1 = 0;
+            debug!(
+                registry,
+                withheld = state.0,
+                "registry answered 429, lowering concurrency"
+            );
+        }
+    }
+
+    fn on_success(&self, limit: &Semaphore) {
+        let mut state = self.withheld.lock().expect("throttle lock poisoned");
+        if state.0 == 0 {
+            return;
+        }
+        state.1 += 1;
+        if state.1 >= SUCCESSES_PER_PERMIT {
+            limit.add_permits(1);
+            state.0 -= 1;
+            state.1 = 0;
+        }
+    }
+}
+
+/// Spaces requests so no more than `per_second` start each second.
+struct RateLimiter {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_second: f64) -> Self {
+        RateLimiter {
+            interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
+            next: Mutex::new(Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().expect("rate limiter lock poisoned");
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_date() {
+        let seconds = HeaderValue::from_static("2");
+        assert_eq!(parse_retry_after(&seconds), Some(Duration::from_secs(2)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        let date = HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap();
+        let wait = parse_retry_after(&date).unwrap();
+        assert!(wait > Duration::from_secs(100), "{wait:?}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_millis(200));
+        assert!(backoff(4) >= Duration::from_millis(800));
+        assert!(backoff(30) <= MAX_BACKOFF);
+    }
+}
