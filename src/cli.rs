@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
+use crate::plan::Shard;
+
 /// Keep container images in sync between registries, with a reviewed plan.
 #[derive(Debug, Parser)]
 #[command(name = "syncer", version, about, long_about = None)]
@@ -36,6 +38,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Plan, ask for confirmation, then copy only what is missing.
     Apply(ApplyArgs),
+    /// Show what a change of rules would copy: compare OLD rules with NEW.
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +53,8 @@ pub struct RulesArg {
 pub enum PlanFormat {
     Text,
     Json,
+    /// A summary line and a table, for a pull request comment.
+    Markdown,
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +70,12 @@ pub struct PlanArgs {
     /// Registry requests in flight at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub jobs: u16,
+    /// Also save the plan, with every digest it observed, to this file for `apply --plan`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Plan only shard I of N (counted from 0), split by destination repository.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +91,39 @@ pub struct ApplyArgs {
     /// Also write the apply report as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Apply this saved plan (from `plan --out`) without asking, unless a digest moved since.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Apply only shard I of N (counted from 0), split by destination repository.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Lock file that keeps a second apply of the same rules and shard from starting
+    /// [default: derived from the rules path, in $XDG_RUNTIME_DIR or the temp folder].
+    #[arg(long, value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    Text,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Rules before the change: a file or a folder.
+    pub old: PathBuf,
+    /// Rules after the change: a file or a folder.
+    pub new: PathBuf,
+    /// Compare the rules only, without contacting any registry.
+    #[arg(long)]
+    pub offline: bool,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = DiffFormat::Text)]
+    pub format: DiffFormat,
+    /// Registry requests in flight at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
 }
 
 /// Sends logs to stderr, filtered by RUST_LOG or by -v and -q.

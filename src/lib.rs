@@ -12,4 +12,5 @@ pub mod commands;
 pub mod oci;
 pub mod plan;
 pub mod registry;
+pub mod review;
 pub mod rules;

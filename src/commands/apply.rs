@@ -1,21 +1,28 @@
-//! `syncer apply`: plan, confirm, copy, report.
+//! `syncer apply`: take the lock, plan (or load a saved plan and check it
+//! is still current), confirm, copy, report.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::Context;
+use tracing::{info, warn};
 
-use super::plan::make_plan;
+use super::lock::{self, ApplyLock, LockError};
+use super::plan::{make_plan, print_errors};
 use super::{load_rules, registries, Exit};
 use crate::apply::{execute, ApplyOptions};
 use crate::cli::ApplyArgs;
-use crate::plan::render;
+use crate::plan::saved::{find_moved, Moved, SavedPlan};
+use crate::plan::{render, Plan};
+use crate::registry::Registries;
 
 /// Attempts per blob copy, the first included.
 const BLOB_ATTEMPTS: u32 = 3;
 
 pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
     let interactive = std::io::stdin().is_terminal();
-    if !args.auto_approve && !interactive {
+    // A saved plan was reviewed when it was made, so it needs no prompt.
+    let needs_approval = !args.auto_approve && args.plan.is_none();
+    if needs_approval && !interactive {
         eprintln!("Error: apply needs confirmation, but stdin is not a terminal. Review the plan with `syncer plan`, then run `syncer apply --auto-approve`.");
         return Ok(Exit::Failure);
     }
@@ -23,19 +30,31 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
         Ok(rules) => rules,
         Err(exit) => return Ok(exit),
     };
+
+    let _lock = match take_lock(args)? {
+        Ok(lock) => lock,
+        Err(exit) => return Ok(exit),
+    };
+
     let registries = registries(&rules);
-    let plan = match make_plan(&rules, &registries, args.jobs.into()).await {
+    let plan = match &args.plan {
+        Some(path) => load_saved_plan(path, args, &registries).await?,
+        None => make_plan(&rules, &registries, args.jobs.into(), args.shard).await,
+    };
+    let plan = match plan {
         Ok(plan) => plan,
         Err(exit) => return Ok(exit),
     };
+
     print!("{}", render::text(&plan));
     if !plan.has_changes() {
         return Ok(Exit::Success);
     }
-    if !args.auto_approve && !confirm()? {
+    if needs_approval && !confirm()? {
         println!("Apply cancelled.");
         return Ok(Exit::Failure);
     }
+
     let options = ApplyOptions {
         jobs: args.jobs.into(),
         blob_attempts: BLOB_ATTEMPTS,
@@ -53,6 +72,90 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
     } else {
         Exit::Success
     })
+}
+
+/// Takes the lock for the rules and shard, or returns [`Exit::Locked`]
+/// after printing who holds it.
+fn take_lock(args: &ApplyArgs) -> anyhow::Result<Result<ApplyLock, Exit>> {
+    let path = match &args.lock_file {
+        Some(path) => path.clone(),
+        None => lock::default_path(&args.rules.rules, args.shard),
+    };
+    match lock::acquire(&path) {
+        Ok(lock) => {
+            info!(path = %path.display(), "took the apply lock");
+            Ok(Ok(lock))
+        }
+        Err(error @ LockError::Held { .. }) => {
+            eprintln!("Error: {error}. Not starting; wait for that run to finish.");
+            Ok(Err(Exit::Locked))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Reads a saved plan, keeps the operations of `--shard` if given, and
+/// HEADs every digest it recorded again. Any digest that moved rejects the
+/// whole plan before anything is written.
+async fn load_saved_plan(
+    path: &std::path::Path,
+    args: &ApplyArgs,
+    registries: &Registries,
+) -> anyhow::Result<Result<Plan, Exit>> {
+    let saved = SavedPlan::read(path)?;
+    let rules =
+        std::fs::canonicalize(&args.rules.rules).unwrap_or_else(|_| args.rules.rules.clone());
+    if saved.rules != rules.display().to_string() {
+        warn!(
+            planned_with = %saved.rules,
+            applying_with = %rules.display(),
+            "the saved plan was made from other rules; applying its operations with these rules' registry settings"
+        );
+    }
+    let mut plan = saved.plan;
+    if let Some(shard) = args.shard {
+        let operations = plan
+            .operations
+            .into_iter()
+            .filter(|op| shard.contains(&op.destination))
+            .collect();
+        plan = Plan::new(operations, plan.warnings, plan.cache);
+    }
+    let moved = match find_moved(&plan, registries, args.jobs.into()).await {
+        Ok(moved) => moved,
+        Err(errors) => {
+            print_errors("checking the saved plan failed", &errors);
+            return Ok(Err(Exit::Failure));
+        }
+    };
+    if !moved.is_empty() {
+        print_moved(path, &moved);
+        return Ok(Err(Exit::Failure));
+    }
+    info!(path = %path.display(), "every digest in the saved plan is current");
+    Ok(Ok(plan))
+}
+
+fn print_moved(path: &std::path::Path, moved: &[Moved]) {
+    eprintln!(
+        "Error: the saved plan {} is stale: {} reference{} moved since it was made, so nothing was applied. Make a new plan.",
+        path.display(),
+        moved.len(),
+        if moved.len() == 1 { "" } else { "s" }
+    );
+    for item in moved {
+        let show = |digest: &Option<crate::oci::Digest>| {
+            digest
+                .as_ref()
+                .map_or("(absent)".to_string(), ToString::to_string)
+        };
+        eprintln!(
+            "  {}: planned {}, now {}",
+            item.reference,
+            show(&item.planned),
+            show(&item.current)
+        );
+    }
 }
 
 /// Asks on the terminal; only `yes` approves.

@@ -1,6 +1,8 @@
 //! One module per subcommand, each wiring the library parts together.
 
 mod apply;
+mod diff;
+mod lock;
 mod plan;
 mod validate;
 
@@ -19,6 +21,8 @@ pub enum Exit {
     Failure = 1,
     /// Under `--detailed-exitcode` only: the plan has changes.
     Changes = 2,
+    /// Another `apply` of the same rules and shard holds the lock.
+    Locked = 3,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -33,6 +37,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Validate(args) => validate::run(&args.rules),
         Command::Plan(args) => plan::run(&args).await,
         Command::Apply(args) => apply::run(&args).await,
+        Command::Diff(args) => diff::run(&args).await,
     }
 }
 

@@ -1,8 +1,11 @@
-//! `syncer plan`: print what apply would do.
+//! `syncer plan`: print what apply would do, and optionally save it.
+
+use tracing::info;
 
 use super::{load_rules, registries, Exit};
 use crate::cli::{PlanArgs, PlanFormat};
-use crate::plan::{build_plan, render, Plan, PlanOptions};
+use crate::plan::saved::SavedPlan;
+use crate::plan::{build_plan, render, Plan, PlanOptions, Shard};
 use crate::registry::Registries;
 use crate::rules::Rules;
 
@@ -12,15 +15,22 @@ pub async fn run(args: &PlanArgs) -> anyhow::Result<Exit> {
         Err(exit) => return Ok(exit),
     };
     let registries = registries(&rules);
-    let plan = match make_plan(&rules, &registries, args.jobs.into()).await {
+    let plan = match make_plan(&rules, &registries, args.jobs.into(), args.shard).await {
         Ok(plan) => plan,
         Err(exit) => return Ok(exit),
     };
     match args.format {
         PlanFormat::Text => print!("{}", render::text(&plan)),
         PlanFormat::Json => print!("{}", render::json(&plan)),
+        PlanFormat::Markdown => print!("{}", render::markdown(&plan)),
     }
-    if args.detailed_exitcode && plan.has_changes() {
+    let has_changes = plan.has_changes();
+    if let Some(path) = &args.out {
+        let saved = SavedPlan::new(plan, &args.rules.rules, args.shard.map(|s| s.to_string()));
+        saved.write(path)?;
+        info!(path = %path.display(), "saved the plan");
+    }
+    if args.detailed_exitcode && has_changes {
         return Ok(Exit::Changes);
     }
     Ok(Exit::Success)
@@ -31,18 +41,27 @@ pub(super) async fn make_plan(
     rules: &Rules,
     registries: &Registries,
     jobs: usize,
+    shard: Option<Shard>,
 ) -> Result<Plan, Exit> {
-    build_plan(rules, registries, &PlanOptions { jobs })
+    if let Some(shard) = shard {
+        info!(%shard, "planning one shard of the destination repositories");
+    }
+    build_plan(rules, registries, &PlanOptions { jobs, shard })
         .await
         .map_err(|errors| {
-            for error in &errors {
-                eprintln!("error: {error}");
-            }
-            eprintln!(
-                "Error: planning failed with {} error{}",
-                errors.len(),
-                if errors.len() == 1 { "" } else { "s" }
-            );
+            print_errors("planning failed", &errors);
             Exit::Failure
         })
+}
+
+/// Prints each error, then a count with `what` in front of it.
+pub(super) fn print_errors(what: &str, errors: &[impl std::fmt::Display]) {
+    for error in errors {
+        eprintln!("error: {error}");
+    }
+    eprintln!(
+        "Error: {what} with {} error{}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::{stream, StreamExt};
 
 use super::tree::{fetch_tree, TreeCache};
-use super::{resolve, Action, BlobCounts, Desired, Operation, Plan, ResolveError};
+use super::{resolve, Action, BlobCounts, Desired, Operation, Plan, ResolveError, Shard};
 use crate::oci::{Digest, Reference, Repository};
 use crate::registry::{ManifestHead, Registries, RegistryError};
 use crate::rules::Rules;
@@ -17,6 +17,8 @@ use crate::rules::Rules;
 pub struct PlanOptions {
     /// Registry requests in flight at once across the run.
     pub jobs: usize,
+    /// Plan only the destinations of this shard; `None` plans them all.
+    pub shard: Option<Shard>,
 }
 
 /// Why a plan could not be made.
@@ -40,9 +42,13 @@ pub async fn build_plan(
     options: &PlanOptions,
 ) -> Result<Plan, Vec<PlanError>> {
     let jobs = options.jobs.max(1);
-    let (desired, mut warnings) = resolve(rules, registries, jobs)
+    let (mut desired, mut warnings) = resolve(rules, registries, jobs)
         .await
         .map_err(|errors| errors.into_iter().map(PlanError::from).collect::<Vec<_>>())?;
+    // Before any HEAD request, so a worker touches only its own shard.
+    if let Some(shard) = options.shard {
+        desired.retain(|item| shard.contains(&item.destination));
+    }
     let heads = head_all(&desired, registries, jobs).await?;
     let mut operations = Vec::new();
     let mut errors = Vec::new();

@@ -6,9 +6,12 @@ mod diff;
 mod model;
 pub mod render;
 mod resolve;
+pub mod saved;
+mod shard;
 mod tree;
 
 pub use diff::{build_plan, PlanError, PlanOptions};
 pub use model::{Action, BlobCounts, Operation, Plan, Summary};
 pub use resolve::{resolve, Desired, ResolveError};
+pub use shard::{Shard, ShardError};
 pub use tree::{fetch_tree, ImageTree};

@@ -1,5 +1,6 @@
-//! Renderers of a plan: text for people, JSON for machines. They read the
-//! plan model only and never talk to registries.
+//! Renderers of a plan: text for people, JSON for machines, Markdown for
+//! pull request comments. They read the plan model only and never talk to
+//! registries.
 
 use std::fmt::Write;
 
@@ -108,6 +109,80 @@ pub fn json(plan: &Plan) -> String {
     let mut text = serde_json::to_string_pretty(plan).expect("plan serialises to JSON");
     text.push('\n');
     text
+}
+
+/// Rows of a Markdown table or list shown open; longer ones are folded
+/// into `<details>` so that a pull request comment stays short.
+pub const MARKDOWN_OPEN_ROWS: usize = 10;
+
+/// Renders the plan as Markdown for a pull request comment: the summary
+/// line in bold, then a table of changes and a list of warnings, each
+/// folded into `<details>` when longer than [`MARKDOWN_OPEN_ROWS`].
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "**{}**\n", summary_line(plan));
+    if plan.has_changes() {
+        let mut table = String::from(
+            "| Action | Destination | Source | Digest | Blobs |\n|---|---|---|---|---|\n",
+        );
+        for op in plan.changes() {
+            table.push_str(&markdown_row(op));
+        }
+        let count = plan.changes().count();
+        let title = format!("{count} change{}", if count == 1 { "" } else { "s" });
+        out.push_str(&fold(&title, count, &table));
+    } else {
+        let _ = writeln!(
+            out,
+            "No changes. {} destination tags match their sources.\n",
+            plan.summary.unchanged
+        );
+    }
+    if !plan.warnings.is_empty() {
+        let list: String = plan
+            .warnings
+            .iter()
+            .map(|warning| format!("- {}\n", warning.replace('\n', " ")))
+            .collect();
+        let count = plan.warnings.len();
+        let title = format!("{count} warning{}", if count == 1 { "" } else { "s" });
+        out.push_str(&fold(&title, count, &list));
+    }
+    out
+}
+
+fn markdown_row(op: &Operation) -> String {
+    let action = serde_json::to_value(op.action)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let digest = match (&op.destination_digest, &op.source_digest) {
+        (Some(old), Some(new)) => format!("`{}` → `{}`", old.short(), new.short()),
+        (None, Some(new)) => format!("`{}`", new.short()),
+        (Some(old), None) => format!("`{}`", old.short()),
+        (None, None) => String::new(),
+    };
+    let blobs = if op.action == Action::Delete {
+        String::new()
+    } else {
+        blob_summary(&op.blobs)
+    };
+    format!(
+        "| `{}` {action} | `{}` | `{}` | {digest} | {blobs} |\n",
+        op.action.symbol(),
+        op.destination,
+        op.source
+    )
+}
+
+/// Returns `body` followed by a blank line, inside `<details>` titled
+/// `title` when it has more than [`MARKDOWN_OPEN_ROWS`] rows.
+fn fold(title: &str, rows: usize, body: &str) -> String {
+    if rows <= MARKDOWN_OPEN_ROWS {
+        return format!("{body}\n");
+    }
+    // GitHub renders Markdown inside <details> only after a blank line.
+    format!("<details>\n<summary>{title}</summary>\n\n{body}\n</details>\n\n")
 }
 
 /// Formats a byte count with binary units, such as `1.5 MiB`.
