@@ -41,13 +41,18 @@ pub async fn copy_blob(
         let outcomes = stream_once(source, repository, blob, &batch).await;
         let mut retry = Vec::new();
         for (&index, outcome) in pending.iter().zip(outcomes) {
-            if let Err(error) = &outcome {
-                if error.is_transient() && attempt < attempts {
+            results[index] = match outcome {
+                Err(error) if error.is_transient() && attempt < attempts => {
                     warn!(digest = %blob.digest, repository = %targets[index].repository, attempt, error = %error, "blob copy failed, retrying with a new upload session");
                     retry.push(index);
+                    Err(error)
                 }
-            }
-            results[index] = outcome;
+                Err(error) if attempt > 1 => Err(Arc::new(RegistryError::BlobAttempts {
+                    last: error,
+                    attempts: attempt,
+                })),
+                other => other,
+            };
         }
         if retry.is_empty() {
             break;

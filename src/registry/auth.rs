@@ -146,7 +146,7 @@ impl Authenticator {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.basic_header()),
             Some(Challenge::Bearer { realm, service }) => {
-                self.bearer_header(&realm, service.as_deref(), scope, false)
+                self.bearer_header(&realm, service.as_deref(), scope, None)
                     .await
             }
         }
@@ -171,7 +171,9 @@ impl Authenticator {
             Challenge::Basic => self.basic_header(),
             Challenge::Bearer { realm, service } => {
                 debug!(registry = %self.registry, %realm, "token rejected or missing, fetching a new one");
-                self.bearer_header(&realm, service.as_deref(), scope, sent.is_some())
+                // A 401 to a request without a token only names the
+                // challenge, so a cached token may still be used.
+                self.bearer_header(&realm, service.as_deref(), scope, sent)
                     .await?
             }
         };
@@ -188,32 +190,37 @@ impl Authenticator {
         sensitive_header(&format!("Basic {encoded}"))
     }
 
+    /// Returns a bearer header for `scope`. `rejected` is the header a
+    /// registry just answered 401 to: it is never returned again, and a
+    /// token fetched meanwhile by a concurrent request is reused, so one
+    /// expiry costs one token request.
     async fn bearer_header(
         &self,
         realm: &str,
         service: Option<&str>,
         scope: &Scope,
-        force: bool,
+        rejected: Option<&HeaderValue>,
     ) -> Result<Option<HeaderValue>, RegistryError> {
         let key = format!("{realm}|{}|{}", service.unwrap_or(""), scope.key());
-        if !force {
-            if let Some(value) = self.cached(&key) {
-                return Ok(sensitive_header(&format!("Bearer {}", value.expose())));
-            }
+        if let Some(header) = self.cached_header(&key, rejected) {
+            return Ok(Some(header));
         }
         let _guard = self.fetch_lock.lock().await;
-        if !force {
-            if let Some(value) = self.cached(&key) {
-                return Ok(sensitive_header(&format!("Bearer {}", value.expose())));
-            }
+        if let Some(header) = self.cached_header(&key, rejected) {
+            return Ok(Some(header));
         }
         let token = self.fetch_token(realm, service, scope).await?;
-        let header = sensitive_header(&format!("Bearer {}", token.value.expose()));
+        let header = bearer(&token.value);
         self.tokens
             .lock()
             .expect("auth lock poisoned")
             .insert(key, token);
         Ok(header)
+    }
+
+    fn cached_header(&self, key: &str, rejected: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let header = bearer(&self.cached(key)?)?;
+        (Some(&header) != rejected).then_some(header)
     }
 
     fn cached(&self, key: &str) -> Option<Secret> {
@@ -306,6 +313,10 @@ impl Authenticator {
             reason,
         }
     }
+}
+
+fn bearer(token: &Secret) -> Option<HeaderValue> {
+    sensitive_header(&format!("Bearer {}", token.expose()))
 }
 
 /// Builds a header value marked sensitive, so HTTP-level logs hide it.

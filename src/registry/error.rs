@@ -111,6 +111,10 @@ pub enum RegistryError {
         source: reqwest::Error,
         attempts: u32,
     },
+    /// A streamed request answered 401 after which a new token was
+    /// fetched; the request can be sent again with it.
+    #[error("{request} returned 401 Unauthorized; a new token was fetched for the next attempt")]
+    Unauthorized { request: RequestInfo },
     #[error("authentication with {registry} failed: {reason}")]
     Auth { registry: String, reason: String },
     #[error("digest mismatch for {expected}: received content hashes to {actual}")]
@@ -128,6 +132,13 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// A blob copy that failed on every whole-blob attempt, each with a
+    /// new upload session.
+    #[error("{last} (blob copy failed {attempts} times)")]
+    BlobAttempts {
+        last: std::sync::Arc<RegistryError>,
+        attempts: u32,
+    },
     #[error("invalid settings for registry {registry}: {reason}")]
     Settings { registry: String, reason: String },
 }
@@ -188,7 +199,9 @@ impl RegistryError {
         match self {
             RegistryError::Status { status, .. } => is_transient_status(*status),
             RegistryError::Transport { source, .. } => !source.is_builder(),
-            RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => true,
+            RegistryError::DigestMismatch { .. }
+            | RegistryError::SizeMismatch { .. }
+            | RegistryError::Unauthorized { .. } => true,
             _ => false,
         }
     }

@@ -133,7 +133,8 @@ impl Transport {
     }
 
     /// Sends a request whose body streams and cannot be replayed: one
-    /// attempt. A 401 still refreshes the token for the caller's next try.
+    /// attempt. A 401 refreshes the token and returns the transient
+    /// `Unauthorized`, so the caller's next try uses the new token.
     pub async fn send_once(
         &self,
         method: Method,
@@ -145,8 +146,9 @@ impl Transport {
         let permit = self.acquire().await;
         let info = RequestInfo::new(&method, &url);
         let mut builder = self.http.request(method, url).headers(headers).body(body);
-        if let Some(auth) = self.auth.header(scope).await? {
-            builder = builder.header(AUTHORIZATION, auth);
+        let sent = self.auth.header(scope).await?;
+        if let Some(auth) = &sent {
+            builder = builder.header(AUTHORIZATION, auth.clone());
         }
         let response = builder
             .send()
@@ -154,9 +156,15 @@ impl Transport {
             .map_err(|source| transport_error(&info, source))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
-            self.auth
-                .on_unauthorized(challenge.as_ref(), scope, None)
+            let refreshed = self
+                .auth
+                .on_unauthorized(challenge.as_ref(), scope, sent.as_ref())
                 .await?;
+            // The body is gone, so the caller retries the whole operation
+            // with the new token instead of this layer replaying it.
+            if refreshed.is_some() {
+                return Err(RegistryError::Unauthorized { request: info });
+            }
         }
         if response.status().is_success() {
             return Ok(Reply { response, permit });

@@ -58,6 +58,13 @@ pub struct RegistryOptions {
     pub token: Option<TokenAuthConfig>,
     /// `storage.delete.enabled`; when false, DELETE answers 405.
     pub delete_enabled: bool,
+    /// `compatibility.schema1.enabled`: accept Docker schema1 manifest
+    /// pushes (2.8.2 rejects them otherwise).
+    pub schema1: bool,
+    /// `validation.manifests.urls.allow: [^https?://]`: accept manifests
+    /// with foreign layers that carry `urls` (2.8.2 otherwise looks for
+    /// the layer in its store and answers `MANIFEST_BLOB_UNKNOWN`).
+    pub foreign_urls: bool,
 }
 
 impl Default for RegistryOptions {
@@ -68,6 +75,8 @@ impl Default for RegistryOptions {
             client_ca: None,
             token: None,
             delete_enabled: true,
+            schema1: false,
+            foreign_urls: false,
         }
     }
 }
@@ -263,6 +272,14 @@ impl Registry {
                 "  delete:\n    enabled: {}\n",
                 opts.delete_enabled
             ));
+            if opts.foreign_urls {
+                cfg.push_str(
+                    "validation:\n  manifests:\n    urls:\n      allow:\n        - '^https?://'\n",
+                );
+            }
+            if opts.schema1 {
+                cfg.push_str("compatibility:\n  schema1:\n    enabled: true\n");
+            }
             cfg.push_str("http:\n");
             cfg.push_str(&format!("  addr: 127.0.0.1:{port}\n"));
             cfg.push_str(&format!("  secret: {}\n", yaml_str(HTTP_SECRET)));

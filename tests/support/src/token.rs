@@ -122,6 +122,10 @@ pub struct TokenOptions {
     /// `(user, password)` pairs accepted with HTTP Basic auth (GET) or the
     /// OAuth2 password grant (POST).
     pub users: Vec<(String, String)>,
+    /// `(user, refresh token)` pairs accepted with the OAuth2
+    /// `refresh_token` grant (POST), as docker's `identitytoken` is sent.
+    /// Each user must also be listed in `users`.
+    pub refresh_tokens: Vec<(String, String)>,
     /// Requests without credentials get `pull` on the repositories they ask
     /// for (nothing else). When false they get 401.
     pub anonymous_pull: bool,
@@ -145,6 +149,7 @@ impl Default for TokenOptions {
     fn default() -> Self {
         TokenOptions {
             users: Vec::new(),
+            refresh_tokens: Vec::new(),
             anonymous_pull: false,
             expires_in: Some(300),
             grant: Grant::AsRequested,
@@ -164,6 +169,7 @@ impl std::fmt::Debug for TokenOptions {
             .collect();
         f.debug_struct("TokenOptions")
             .field("users", &users)
+            .field("refresh_tokens", &self.refresh_tokens.len())
             .field("anonymous_pull", &self.anonymous_pull)
             .field("expires_in", &self.expires_in)
             .field("grant", &self.grant)
@@ -416,6 +422,7 @@ struct Asked {
     scopes: Vec<String>,
     service: Option<String>,
     grant_type: Option<String>,
+    refresh_token: Option<String>,
 }
 
 fn basic_credentials(v: &HeaderValue) -> Option<(String, String)> {
@@ -473,8 +480,31 @@ async fn handle_token(
         scopes,
         service: get("service"),
         grant_type: get("grant_type"),
+        refresh_token: get("refresh_token"),
     };
-    if parts.method == Method::POST {
+    if parts.method == Method::POST && asked.grant_type.as_deref() == Some("refresh_token") {
+        // A refresh token stands for its user's password: look the user up
+        // and authenticate as that user with the matching password slot.
+        let user = asked.refresh_token.as_ref().and_then(|t| {
+            sh.opts
+                .refresh_tokens
+                .iter()
+                .find(|(_, token)| token == t)
+                .map(|(user, _)| user.clone())
+        });
+        match user {
+            Some(user) => {
+                asked.password = sh
+                    .opts
+                    .users
+                    .iter()
+                    .find(|(u, _)| *u == user)
+                    .map(|(_, p)| p.clone());
+                asked.user = Some(user);
+            }
+            None => asked.malformed_auth = true,
+        }
+    } else if parts.method == Method::POST {
         asked.user = get("username");
         asked.password = get("password");
     } else if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
@@ -504,10 +534,14 @@ fn answer(
     method: &Method,
     asked: &Asked,
 ) -> (Response<ProxyBody>, u16, Vec<Access>) {
-    if *method == Method::POST && asked.grant_type.as_deref() != Some("password") {
+    let grant_ok = matches!(
+        asked.grant_type.as_deref(),
+        Some("password") | Some("refresh_token")
+    );
+    if *method == Method::POST && !grant_ok {
         let r = json_response(
             StatusCode::BAD_REQUEST,
-            serde_json::json!({"error": "unsupported_grant_type", "error_description": "only grant_type=password is supported"}),
+            serde_json::json!({"error": "unsupported_grant_type", "error_description": "only grant_type=password and refresh_token are supported"}),
         );
         return (r, 400, Vec::new());
     }

@@ -1,0 +1,499 @@
+//! Authentication against real registries: the bearer flow through the
+//! testkit token server (scopes, cache, expiry, anonymous tokens), every
+//! credential source (rules file, docker `config.json` `auths`,
+//! `credHelpers`, `credsStore`), and no secret in trace-level output.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::{Run, Syncer};
+use tempfile::TempDir;
+use testkit::image::{oci_image, random_layer, sample_image, Platform, Pusher};
+use testkit::proxy::{FaultProxy, Faults};
+use testkit::registry::{Registry, RegistryOptions};
+use testkit::token::{credential_helper_dir, TokenOptions, TokenServer};
+
+const USER: &str = "robot";
+const PASSWORD: &str = "auth-test-Pa55word";
+const REFRESH_TOKEN: &str = "refresh-4b1d-not-a-password";
+
+fn token_server(anonymous_pull: bool) -> TokenServer {
+    TokenServer::start(TokenOptions {
+        users: vec![(USER.into(), PASSWORD.into())],
+        refresh_tokens: vec![(USER.into(), REFRESH_TOKEN.into())],
+        anonymous_pull,
+        ..TokenOptions::default()
+    })
+}
+
+fn token_registry(server: &TokenServer) -> Registry {
+    Registry::start_with(RegistryOptions {
+        token: Some(server.auth_config()),
+        ..RegistryOptions::default()
+    })
+}
+
+fn write_rules(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("rules.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn apply(syncer: &Syncer, rules: &Path) -> Run {
+    syncer.run(&["apply", "--auto-approve", rules.to_str().unwrap()])
+}
+
+/// Collects every scope requested from the token server since its last clear.
+fn requested_scopes(server: &TokenServer) -> BTreeSet<String> {
+    server
+        .requests()
+        .into_iter()
+        .flat_map(|r| r.scopes)
+        .collect()
+}
+
+#[test]
+fn token_scopes_for_catalog_pull_push_mount() {
+    let server = token_server(false);
+    let source = token_registry(&server);
+    let destination = token_registry(&server);
+    let pusher = Pusher::new(&source).basic_auth(USER, PASSWORD);
+    pusher.push_image("app/one", "v1", &sample_image("scopes"));
+    server.clear_requests();
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            r#"registries:
+  {src}: {{tls: disabled, username: {USER}, password: "${{AUTH_PASSWORD}}"}}
+  {dst}: {{tls: disabled, username: {USER}, password: "${{AUTH_PASSWORD}}"}}
+rules:
+  - source: {src}/**
+    destinations: ["{dst}/first/{{repo}}", "{dst}/second/{{repo}}"]
+"#,
+            src = source.host(),
+            dst = destination.host()
+        ),
+    );
+    let syncer = Syncer::new().env("AUTH_PASSWORD", PASSWORD);
+
+    apply(&syncer, &rules).expect_code(0);
+
+    let requested = requested_scopes(&server);
+    let allowed: BTreeSet<String> = [
+        "registry:catalog:*",
+        "repository:app/one:pull",
+        "repository:first/app/one:pull",
+        "repository:first/app/one:pull,push",
+        "repository:second/app/one:pull",
+        "repository:second/app/one:pull,push",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert!(requested.contains("registry:catalog:*"), "{requested:?}");
+    assert!(
+        requested.contains("repository:app/one:pull"),
+        "{requested:?}"
+    );
+    assert!(
+        requested.contains("repository:first/app/one:pull,push"),
+        "{requested:?}"
+    );
+    assert!(
+        requested.contains("repository:second/app/one:pull,push"),
+        "{requested:?}"
+    );
+    let unexpected: Vec<&String> = requested.difference(&allowed).collect();
+    assert!(unexpected.is_empty(), "unexpected scopes {unexpected:?}");
+    let mount_requests: Vec<Vec<String>> = server
+        .requests()
+        .into_iter()
+        .map(|r| r.scopes)
+        .filter(|scopes| scopes.len() == 2)
+        .collect();
+    assert!(
+        !mount_requests.is_empty(),
+        "no token requested for a mount (push on one repository, pull on the other)"
+    );
+    for scopes in &mount_requests {
+        assert!(
+            scopes.iter().any(|s| s.ends_with(":pull,push")),
+            "{scopes:?}"
+        );
+        assert!(scopes.iter().any(|s| s.ends_with(":pull")), "{scopes:?}");
+    }
+    let check = Pusher::new(&destination).basic_auth(USER, PASSWORD);
+    let want = pusher.manifest_digest("app/one", "v1");
+    assert_eq!(check.manifest_digest("first/app/one", "v1"), want);
+    assert_eq!(check.manifest_digest("second/app/one", "v1"), want);
+}
+
+#[test]
+fn token_cache_reuses_tokens() {
+    let server = token_server(false);
+    let source = token_registry(&server);
+    let destination = Registry::start();
+    let pusher = Pusher::new(&source).basic_auth(USER, PASSWORD);
+    let layers = (0..4).map(|i| random_layer(2048, 100 + i)).collect();
+    pusher.push_image(
+        "cache/app",
+        "v1",
+        &oci_image(layers, Platform::linux("amd64")),
+    );
+    server.clear_requests();
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {src}/cache/app\n    destinations: [{dst}/cache/app]\n",
+            src = source.host(),
+            dst = destination.host()
+        ),
+    );
+
+    apply(&Syncer::new(), &rules).expect_code(0);
+
+    // Every request of the run needs the same pull scope at the source.
+    let pulls = server
+        .requests()
+        .iter()
+        .filter(|r| r.scopes == ["repository:cache/app:pull"])
+        .count();
+    assert_eq!(
+        pulls, 1,
+        "{pulls} token requests for one scope; the cache should reuse the token"
+    );
+}
+
+#[test]
+fn expired_token_is_fetched_again_once() {
+    let server = token_server(false);
+    let destination = token_registry(&server);
+    let proxy = FaultProxy::start(&destination.base_url(), Faults::default());
+    let source = Registry::start();
+    let layers = (0..8).map(|i| random_layer(4096, 200 + i)).collect();
+    let image = oci_image(layers, Platform::linux("amd64"));
+    Pusher::new(&source).push_image("long/push", "v1", &image);
+    // Replies still state `expires_in: 300`, but each token stops working
+    // after about two seconds, so a run of several seconds meets a 401 mid-run.
+    server.set_token_lifetime(Some(2));
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled, username: {USER}, password: {PASSWORD}, max_concurrency: 1, requests_per_second: 4}}\nrules:\n  - source: {src}/long/push\n    destinations: [{dst}/long/push]\n",
+            src = source.host(),
+            dst = proxy.host()
+        ),
+    );
+
+    apply(&Syncer::new(), &rules).expect_code(0);
+
+    let records = proxy.requests();
+    let rejected: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status == 401 && r.had_authorization)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !rejected.is_empty(),
+        "no token expired during the run, the test proves nothing"
+    );
+    for &i in &rejected {
+        let replay = records
+            .get(i + 1)
+            .unwrap_or_else(|| panic!("no replay after {:?}", records[i]));
+        assert_eq!(replay.method, records[i].method);
+        assert_eq!(replay.path_and_query, records[i].path_and_query);
+        assert!(replay.had_authorization, "{replay:?}");
+        assert_ne!(
+            replay.status, 401,
+            "replay of {} failed: {replay:?}",
+            records[i].path_and_query
+        );
+    }
+    // One token per scope at first, then one more per rejected token.
+    let requested = server.requests();
+    let distinct_scopes: BTreeSet<Vec<String>> =
+        requested.iter().map(|r| r.scopes.clone()).collect();
+    assert_eq!(
+        requested.len(),
+        distinct_scopes.len() + rejected.len(),
+        "token requests: one per scope, then one per rejected token; \
+         rejected {} of {:?}",
+        rejected.len(),
+        distinct_scopes
+    );
+    assert_eq!(
+        Pusher::new(&destination)
+            .basic_auth(USER, PASSWORD)
+            .manifest_digest("long/push", "v1"),
+        Some(image.digest.clone())
+    );
+}
+
+#[test]
+fn anonymous_token_pulls_source() {
+    let server = token_server(true);
+    let source = token_registry(&server);
+    let destination = Registry::start();
+    Pusher::new(&source).basic_auth(USER, PASSWORD).push_image(
+        "open/app",
+        "v1",
+        &sample_image("anonymous"),
+    );
+    server.clear_requests();
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {src}/open/app\n    destinations: [{dst}/open/app]\n",
+            src = source.host(),
+            dst = destination.host()
+        ),
+    );
+
+    apply(&Syncer::new(), &rules).expect_code(0);
+
+    let requests = server.requests();
+    assert!(!requests.is_empty(), "no token was requested");
+    for request in &requests {
+        assert_eq!(request.account, None, "{request:?}");
+        assert_eq!(request.status, 200, "{request:?}");
+        assert_eq!(request.scopes, ["repository:open/app:pull"]);
+    }
+    assert!(Pusher::new(&destination)
+        .manifest_digest("open/app", "v1")
+        .is_some());
+}
+
+/// One way of giving syncer credentials through docker's configuration.
+struct DockerCredentials {
+    name: &'static str,
+    config: serde_json::Value,
+    /// Contents of the fake helper's store, when a helper is used.
+    helper_store: Option<serde_json::Value>,
+    /// Whether the token server must see the OAuth2 refresh-token grant.
+    expect_post: bool,
+}
+
+fn docker_credential_cases(host: &str) -> Vec<DockerCredentials> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let store = serde_json::json!({ host: {"Username": USER, "Secret": PASSWORD} });
+    vec![
+        DockerCredentials {
+            name: "auths-auth",
+            config: serde_json::json!({"auths": {format!("http://{host}/v1/"): {"auth": encoded}}}),
+            helper_store: None,
+            expect_post: false,
+        },
+        DockerCredentials {
+            name: "auths-username-password",
+            config: serde_json::json!({"auths": {host: {"username": USER, "password": PASSWORD}}}),
+            helper_store: None,
+            expect_post: false,
+        },
+        DockerCredentials {
+            name: "auths-identitytoken",
+            config: serde_json::json!({"auths": {host: {"username": USER, "identitytoken": REFRESH_TOKEN}}}),
+            helper_store: None,
+            expect_post: true,
+        },
+        DockerCredentials {
+            name: "credhelpers",
+            config: serde_json::json!({"credHelpers": {host: "fake"}}),
+            helper_store: Some(store.clone()),
+            expect_post: false,
+        },
+        DockerCredentials {
+            name: "credsstore",
+            config: serde_json::json!({"auths": {}, "credsStore": "fake"}),
+            helper_store: Some(store),
+            expect_post: false,
+        },
+    ]
+}
+
+#[test]
+fn docker_config_credentials_every_source() {
+    let server = token_server(false);
+    let registry = token_registry(&server);
+    let source = Registry::start();
+    Pusher::new(&source).push_image("creds/app", "v1", &sample_image("creds"));
+    let dir = TempDir::new().unwrap();
+    let path = format!(
+        "{}:{}",
+        credential_helper_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let check = Pusher::new(&registry).basic_auth(USER, PASSWORD);
+
+    for case in docker_credential_cases(&registry.host()) {
+        let case_dir = dir.path().join(case.name);
+        std::fs::create_dir_all(&case_dir).unwrap();
+        let rules = write_rules(
+            &case_dir,
+            &format!(
+                "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {src}/creds/app\n    destinations: [{dst}/{name}/app]\n",
+                src = source.host(),
+                dst = registry.host(),
+                name = case.name
+            ),
+        );
+        let store_path = case_dir.join("store.json");
+        let log_path = case_dir.join("helper.log");
+        let mut syncer = Syncer::new()
+            .env("PATH", &path)
+            .env("FAKE_CREDENTIALS_LOG", log_path.to_str().unwrap());
+        if let Some(store) = &case.helper_store {
+            std::fs::write(&store_path, store.to_string()).unwrap();
+            syncer = syncer.env("FAKE_CREDENTIALS_FILE", store_path.to_str().unwrap());
+        }
+        std::fs::write(
+            syncer.docker_config_dir().join("config.json"),
+            case.config.to_string(),
+        )
+        .unwrap();
+        server.clear_requests();
+
+        let run = apply(&syncer, &rules);
+
+        assert_eq!(run.code, 0, "{}: {}", case.name, run.stderr);
+        let requests = server.requests();
+        assert!(!requests.is_empty(), "{}: no token requested", case.name);
+        for request in &requests {
+            assert_eq!(request.account.as_deref(), Some(USER), "{}", case.name);
+            assert_eq!(request.status, 200, "{}: {request:?}", case.name);
+            let method = if case.expect_post { "POST" } else { "GET" };
+            assert_eq!(request.method, method, "{}", case.name);
+        }
+        if case.helper_store.is_some() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            assert!(
+                log.contains("\"get\"") && log.contains(&registry.host()),
+                "{}: helper not requested for {}: {log}",
+                case.name,
+                registry.host()
+            );
+        }
+        assert!(
+            check
+                .manifest_digest(&format!("{}/app", case.name), "v1")
+                .is_some(),
+            "{}: image not copied",
+            case.name
+        );
+        assert!(!run.stderr.contains(PASSWORD), "{}", case.name);
+        assert!(!run.stderr.contains(REFRESH_TOKEN), "{}", case.name);
+    }
+}
+
+#[test]
+fn rules_credentials_override_docker_config() {
+    let registry = Registry::start_with(RegistryOptions {
+        htpasswd: Some((USER.into(), PASSWORD.into())),
+        ..RegistryOptions::default()
+    });
+    let source = Registry::start();
+    Pusher::new(&source).push_image("order/app", "v1", &sample_image("order"));
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\nrules:\n  - source: {src}/order/app\n    destinations: [{dst}/order/app]\n",
+            src = source.host(),
+            dst = registry.host()
+        ),
+    );
+    let syncer = Syncer::new();
+    let wrong =
+        serde_json::json!({"auths": {registry.host(): {"username": USER, "password": "wrong"}}});
+    std::fs::write(
+        syncer.docker_config_dir().join("config.json"),
+        wrong.to_string(),
+    )
+    .unwrap();
+
+    apply(&syncer, &rules).expect_code(0);
+
+    let check = Pusher::new(&registry).basic_auth(USER, PASSWORD);
+    assert!(check.manifest_digest("order/app", "v1").is_some());
+}
+
+#[test]
+fn wrong_password_fails_clearly() {
+    let registry = Registry::start_with(RegistryOptions {
+        htpasswd: Some((USER.into(), PASSWORD.into())),
+        ..RegistryOptions::default()
+    });
+    Pusher::new(&registry)
+        .basic_auth(USER, PASSWORD)
+        .push_image("locked/app", "v1", &sample_image("locked"));
+    let destination = Registry::start();
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled, username: {USER}, password: not-{PASSWORD}}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {src}/locked/app\n    destinations: [{dst}/locked/app]\n",
+            src = registry.host(),
+            dst = destination.host()
+        ),
+    );
+
+    let run = Syncer::new().run(&["plan", rules.to_str().unwrap()]);
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("401"), "{}", run.stderr);
+    assert!(run.stderr.contains("locked/app"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("attempts"),
+        "a 401 after a refresh must not be retried: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(PASSWORD), "{}", run.stderr);
+}
+
+/// Runs syncer at trace level against a basic-auth registry and a
+/// token-auth registry and checks that no secret reaches its output.
+#[test]
+fn trace_output_contains_no_secret() {
+    use base64::Engine;
+    let server = token_server(false);
+    let token_dest = token_registry(&server);
+    let basic_source = Registry::start_with(RegistryOptions {
+        htpasswd: Some((USER.into(), PASSWORD.into())),
+        ..RegistryOptions::default()
+    });
+    Pusher::new(&basic_source)
+        .basic_auth(USER, PASSWORD)
+        .push_image("secret/app", "v1", &sample_image("secrets"));
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\n  {dst}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\nrules:\n  - source: {src}/secret/app\n    destinations: [{dst}/secret/app]\n",
+            src = basic_source.host(),
+            dst = token_dest.host()
+        ),
+    );
+    let syncer = Syncer::new().env("RUST_LOG", "trace");
+
+    let run = syncer.run(&["-vvv", "apply", "--auto-approve", rules.to_str().unwrap()]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("TRACE"),
+        "trace logging is not on, the test proves nothing"
+    );
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        assert!(!text.contains(PASSWORD), "password in {name}");
+        assert!(!text.contains(&basic), "basic credentials in {name}");
+        assert!(!text.contains("eyJ"), "a JWT in {name}");
+    }
+}
