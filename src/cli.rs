@@ -36,6 +36,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Plan, ask for confirmation, then copy only what is missing.
     Apply(ApplyArgs),
+    /// Print the JSON Schema of the rules file, for editors and checks.
+    Schema,
 }
 
 #[derive(Debug, Args)]

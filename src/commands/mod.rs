@@ -2,6 +2,7 @@
 
 mod apply;
 mod plan;
+mod schema;
 mod validate;
 
 use std::path::Path;
@@ -33,6 +34,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Validate(args) => validate::run(&args.rules),
         Command::Plan(args) => plan::run(&args).await,
         Command::Apply(args) => apply::run(&args).await,
+        Command::Schema => schema::run(),
     }
 }
 

@@ -4,11 +4,14 @@
 
 mod diff;
 mod model;
+mod platforms;
+mod prune;
 pub mod render;
 mod resolve;
 mod tree;
 
 pub use diff::{build_plan, PlanError, PlanOptions};
 pub use model::{Action, BlobCounts, Operation, Plan, Summary};
-pub use resolve::{resolve, Desired, ResolveError};
-pub use tree::{fetch_tree, ImageTree};
+pub use platforms::rewritten_tree;
+pub use resolve::{resolve, resolve_all, Desired, PruneScope, ResolveError, Resolved};
+pub use tree::{fetch_tree, ImageTree, TreeCache};
