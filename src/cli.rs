@@ -40,6 +40,8 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Show what a change of rules would copy: compare OLD rules with NEW.
     Diff(DiffArgs),
+    /// Print the JSON Schema of the rules file, for editors and checks.
+    Schema,
 }
 
 #[derive(Debug, Args)]

@@ -12,8 +12,9 @@ use tracing::{debug, info};
 use super::blob::{copy_blob, UploadTarget};
 use super::{Outcome, Report};
 use crate::oci::{Descriptor, Digest, Repository, Target};
-use crate::plan::{fetch_tree, ImageTree, Operation, Plan};
+use crate::plan::{fetch_tree, rewritten_tree, Action, ImageTree, Operation, Plan};
 use crate::registry::{Registries, RegistryError, UploadStart};
+use crate::rules::PlatformSpec;
 
 /// Knobs for an apply.
 #[derive(Clone, Debug)]
@@ -54,7 +55,8 @@ pub async fn execute(plan: &Plan, registries: &Registries, options: &ApplyOption
         unchanged: plan.summary.unchanged,
         ..Report::default()
     };
-    let changes: Vec<&Operation> = plan.changes().collect();
+    let (deletions, changes): (Vec<&Operation>, Vec<&Operation>) =
+        plan.changes().partition(|op| op.action == Action::Delete);
     let (trees, tree_errors) = load_trees(&changes, plan, registries, options.jobs).await;
     let jobs = blob_jobs(&changes, &trees);
     let totals = Mutex::new(Totals::default());
@@ -65,6 +67,11 @@ pub async fn execute(plan: &Plan, registries: &Registries, options: &ApplyOption
         .collect()
         .await;
     for (op, outcome) in changes.into_iter().zip(outcomes) {
+        report.record(op.clone(), outcome);
+    }
+    // Deletions run last, so a failed copy never leaves a repository with
+    // fewer tags than before the apply.
+    for (op, outcome) in delete_tags(&deletions, registries).await {
         report.record(op.clone(), outcome);
     }
     let totals = totals.into_inner().expect("totals lock poisoned");
@@ -85,28 +92,18 @@ async fn load_trees(
     registries: &Registries,
     jobs: usize,
 ) -> (Trees, HashMap<(String, Digest), String>) {
-    let wanted: BTreeSet<(String, Repository, Digest)> = changes
+    let wanted: BTreeMap<(String, Digest), &Operation> = changes
         .iter()
         .filter_map(|op| {
             Some((
-                op.source.registry.clone(),
-                op.source.repository.clone(),
-                op.source_digest.clone()?,
+                (op.source.registry.clone(), op.content_digest()?.clone()),
+                *op,
             ))
         })
         .collect();
     let results: Vec<_> = stream::iter(wanted)
-        .map(|(registry, repository, digest)| async move {
-            let tree = async {
-                fetch_tree(
-                    &*registries.client(&registry)?,
-                    &repository,
-                    &digest,
-                    &plan.cache,
-                )
-                .await
-            }
-            .await;
+        .map(|((registry, digest), op)| async move {
+            let tree = source_tree(op, registries, &plan.cache).await;
             ((registry, digest), tree)
         })
         .buffer_unordered(jobs.max(1))
@@ -127,13 +124,114 @@ async fn load_trees(
     (trees, errors)
 }
 
+/// Fetches the tree an operation pushes: the source's, or for a rewritten
+/// index, the index rebuilt from the source with the plan's platforms. A
+/// plan loaded from a file has an empty cache, so the rebuild must give
+/// the digest the plan recorded.
+async fn source_tree(
+    op: &Operation,
+    registries: &Registries,
+    cache: &crate::plan::TreeCache,
+) -> Result<Arc<ImageTree>, RegistryError> {
+    let client = registries.client(&op.source.registry)?;
+    let repository = &op.source.repository;
+    let (Some(source_digest), Some(rewritten)) = (&op.source_digest, &op.rewritten_digest) else {
+        let digest = op.content_digest().expect("operation has a digest");
+        return fetch_tree(&client, repository, digest, cache).await;
+    };
+    if let Some(tree) = cache.tree(client.host(), rewritten) {
+        return Ok(tree);
+    }
+    let platforms: Vec<PlatformSpec> = op
+        .platforms
+        .iter()
+        .filter_map(|p| PlatformSpec::parse(p).ok())
+        .collect();
+    let source = client
+        .get_manifest(repository, &Target::Digest(source_digest.clone()))
+        .await?;
+    let tree = rewritten_tree(&client, repository, &source, &platforms, cache).await?;
+    if &tree.root.digest != rewritten {
+        return Err(RegistryError::DigestMismatch {
+            expected: rewritten.clone(),
+            actual: tree.root.digest.clone(),
+        });
+    }
+    Ok(tree)
+}
+
+/// Deletes the manifest behind each deletion, once per digest, since a
+/// registry deletes by digest and so removes every tag pointing at it.
+async fn delete_tags<'a>(
+    deletions: &[&'a Operation],
+    registries: &Registries,
+) -> Vec<(&'a Operation, Outcome)> {
+    let mut results: HashMap<(String, Repository, Digest), Outcome> = HashMap::new();
+    let mut outcomes = Vec::new();
+    for op in deletions {
+        let Some(digest) = &op.destination_digest else {
+            outcomes.push((
+                *op,
+                Outcome::Failed("plan has no digest for this deletion".into()),
+            ));
+            continue;
+        };
+        let destination = &op.destination;
+        let key = (
+            destination.registry.clone(),
+            destination.repository.clone(),
+            digest.clone(),
+        );
+        if let Some(outcome) = results.get(&key) {
+            outcomes.push((*op, outcome.clone()));
+            continue;
+        }
+        let outcome = delete_manifest(
+            registries,
+            &destination.registry,
+            &destination.repository,
+            digest,
+        )
+        .await;
+        results.insert(key, outcome.clone());
+        outcomes.push((*op, outcome));
+    }
+    outcomes
+}
+
+async fn delete_manifest(
+    registries: &Registries,
+    registry: &str,
+    repository: &Repository,
+    digest: &Digest,
+) -> Outcome {
+    let deleted = async {
+        registries
+            .client(registry)?
+            .delete_manifest(repository, digest)
+            .await
+    }
+    .await;
+    match deleted {
+        Ok(()) => {
+            info!(%registry, %repository, %digest, "deleted manifest");
+            Outcome::Done
+        }
+        // Docker Distribution answers 405 with code UNSUPPORTED unless
+        // `storage.delete.enabled` is set.
+        Err(e) if e.status() == Some(reqwest::StatusCode::METHOD_NOT_ALLOWED) || e.has_code("UNSUPPORTED") => {
+            Outcome::Failed(format!("registry {registry} does not support deleting manifests ({e}); enable deletes on the registry or set `prune: false`"))
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
 /// Groups the blobs of every change by source blob, so each is read once.
 fn blob_jobs(changes: &[&Operation], trees: &Trees) -> Vec<BlobJob> {
     let mut jobs: BTreeMap<(String, Digest), BlobJob> = BTreeMap::new();
     for op in changes {
         let Some(tree) = op
-            .source_digest
-            .as_ref()
+            .content_digest()
             .and_then(|d| trees.get(&(op.source.registry.clone(), d.clone())))
         else {
             continue;
@@ -400,7 +498,7 @@ async fn finish_operation(
     deliveries: &Deliveries,
     registries: &Registries,
 ) -> Outcome {
-    let Some(digest) = op.source_digest.clone() else {
+    let Some(digest) = op.content_digest().cloned() else {
         return Outcome::Failed("plan has no source digest for this operation".into());
     };
     let key = (op.source.registry.clone(), digest);

@@ -32,6 +32,8 @@ pub struct Report {
     pub updated: usize,
     pub unchanged: usize,
     pub failed: usize,
+    /// Tags deleted by prune.
+    pub deleted: usize,
     pub blobs_copied: usize,
     pub blobs_mounted: usize,
     pub blobs_present: usize,
@@ -47,6 +49,7 @@ impl Report {
             (Outcome::Failed(_), _) => self.failed += 1,
             (Outcome::Done, Action::Create) => self.created += 1,
             (Outcome::Done, Action::Update) => self.updated += 1,
+            (Outcome::Done, Action::Delete) => self.deleted += 1,
             (Outcome::Done, _) => {}
         }
         self.operations.push(OperationResult { operation, outcome });
@@ -73,9 +76,16 @@ impl Report {
         } else {
             0.0
         };
+        // Deletions are appended only when there are some, so applies
+        // without prune print the same line as before.
+        let deleted = if self.deleted > 0 {
+            format!(", {} deleted", self.deleted)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "Apply complete: {} created, {} updated, {} unchanged, {} failed.",
+            "Apply complete: {} created, {} updated, {} unchanged, {} failed{deleted}.",
             self.created, self.updated, self.unchanged, self.failed
         );
         let _ = writeln!(

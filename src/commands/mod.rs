@@ -4,6 +4,7 @@ mod apply;
 mod diff;
 mod lock;
 mod plan;
+mod schema;
 mod validate;
 
 use std::path::Path;
@@ -38,6 +39,7 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Plan(args) => plan::run(&args).await,
         Command::Apply(args) => apply::run(&args).await,
         Command::Diff(args) => diff::run(&args).await,
+        Command::Schema => schema::run(),
     }
 }
 

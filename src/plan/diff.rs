@@ -1,16 +1,18 @@
 //! Diffing: HEAD every source and destination once, then turn each desired
 //! copy into an operation with its blob counts.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{stream, StreamExt};
 
+use super::platforms::{select, Selection};
+use super::prune::plan_prune;
 use super::tree::{fetch_tree, TreeCache};
-use super::{resolve, Action, BlobCounts, Desired, Operation, Plan, ResolveError, Shard};
+use super::{resolve_all, Action, BlobCounts, Desired, Operation, Plan, ResolveError, Shard};
 use crate::oci::{Digest, Reference, Repository};
 use crate::registry::{ManifestHead, Registries, RegistryError};
-use crate::rules::Rules;
+use crate::rules::{PlatformSpec, Rules};
 
 /// Knobs for planning.
 #[derive(Clone, Debug)]
@@ -42,23 +44,26 @@ pub async fn build_plan(
     options: &PlanOptions,
 ) -> Result<Plan, Vec<PlanError>> {
     let jobs = options.jobs.max(1);
-    let (mut desired, mut warnings) = resolve(rules, registries, jobs)
+    let mut resolved = resolve_all(rules, registries, jobs)
         .await
         .map_err(|errors| errors.into_iter().map(PlanError::from).collect::<Vec<_>>())?;
     // Before any HEAD request, so a worker touches only its own shard.
     if let Some(shard) = options.shard {
-        desired.retain(|item| shard.contains(&item.destination));
+        resolved.desired.retain(|item| shard.contains(&item.destination));
+        resolved.prune.retain(|scope| shard.contains_repository(&scope.registry, &scope.repository));
     }
+    let (desired, mut warnings) = (resolved.desired, resolved.warnings);
     let heads = head_all(&desired, registries, jobs).await?;
     let mut operations = Vec::new();
+    let mut wanted = Vec::new();
     let mut errors = Vec::new();
     for item in &desired {
         match heads.get(&item.source).cloned().flatten() {
-            Some(source) => operations.push(operation(
-                item,
-                &source,
-                heads.get(&item.destination).cloned().flatten(),
-            )),
+            Some(source) => {
+                let destination = heads.get(&item.destination).cloned().flatten();
+                operations.push(operation(item, &source, destination));
+                wanted.push(item);
+            }
             // A tag listed a moment ago and gone now was deleted meanwhile.
             None if item.source.tag().is_some() && !is_exact(rules, &item.rule) => {
                 warnings.push(format!(
@@ -75,6 +80,11 @@ pub async fn build_plan(
         return Err(errors);
     }
     let cache = Arc::new(TreeCache::default());
+    select_platforms(&mut operations, &wanted, registries, &cache, jobs).await?;
+    for (op, item) in operations.iter_mut().zip(&wanted) {
+        decide(op, item.overwrite);
+    }
+    operations.extend(plan_prune(&resolved.prune, &desired, registries, jobs).await?);
     fill_trees(&mut operations, registries, &cache, jobs).await?;
     check_blobs(&operations, registries, &cache, jobs).await?;
     let mut plan = Plan::new(operations, warnings, cache);
@@ -101,6 +111,7 @@ fn operation(
         Some(dest) if dest.digest == source.digest => Action::Unchanged,
         Some(_) => Action::Update,
     };
+    let platforms = item.platforms.iter().map(ToString::to_string).collect();
     let kind = if source.media_type.is_index() {
         "index"
     } else {
@@ -115,7 +126,94 @@ fn operation(
         destination_digest: destination.map(|d| d.digest),
         kind: Some(kind.to_string()),
         blobs: BlobCounts::default(),
+        note: None,
+        rewritten_digest: None,
+        platforms,
     }
+}
+
+/// Sets the action from the digest the destination would hold: the
+/// rewritten index when platforms were selected, else the source's. With
+/// `overwrite: false`, a tag holding another digest is skipped.
+fn decide(op: &mut Operation, overwrite: bool) {
+    if op.action == Action::Skip {
+        return;
+    }
+    let Some(content) = op.content_digest().cloned() else {
+        return;
+    };
+    op.action = match &op.destination_digest {
+        None => Action::Create,
+        Some(current) if *current == content => Action::Unchanged,
+        Some(current) if !overwrite => {
+            op.note = Some(format!(
+                "destination holds {current}, source is {content}; overwrite: false keeps the destination"
+            ));
+            Action::Skip
+        }
+        Some(_) => Action::Update,
+    };
+}
+
+/// Applies each rule's `platforms:` to its operations: a partly matching
+/// index becomes a rewritten index with a digest of its own, and a source
+/// with no matching platform is skipped with a note.
+async fn select_platforms(
+    operations: &mut [Operation],
+    wanted: &[&Desired],
+    registries: &Registries,
+    cache: &TreeCache,
+    jobs: usize,
+) -> Result<(), Vec<PlanError>> {
+    // One selection per source and platform list, whatever the number of
+    // destinations.
+    let mut sources: BTreeMap<(Reference, String), (Digest, Vec<PlatformSpec>)> = BTreeMap::new();
+    for (op, item) in operations.iter().zip(wanted) {
+        if let (false, Some(digest)) = (item.platforms.is_empty(), &op.source_digest) {
+            sources
+                .entry((op.source.clone(), op.platforms.join(",")))
+                .or_insert_with(|| (digest.clone(), item.platforms.clone()));
+        }
+    }
+    let results: Vec<_> = stream::iter(sources)
+        .map(|(key, (digest, platforms))| async move {
+            let source = &key.0;
+            let selection = async {
+                let client = registries.client(&source.registry)?;
+                select(&client, &source.repository, &digest, &platforms, cache).await
+            }
+            .await;
+            match selection {
+                Ok(selection) => Ok((key, selection)),
+                Err(e) => Err(PlanError::Registry {
+                    reference: format!("{}@{digest}", key.0.repository_name()),
+                    source: e,
+                }),
+            }
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let selections: HashMap<_, _> = collect_results(results.into_iter())?.into_iter().collect();
+    for op in operations.iter_mut() {
+        let key = (op.source.clone(), op.platforms.join(","));
+        match selections.get(&key) {
+            None | Some(Selection::Whole) => {}
+            Some(Selection::Skip(note)) => {
+                op.action = Action::Skip;
+                op.note = Some(note.clone());
+            }
+            Some(Selection::Rewritten { tree, kept, total }) => {
+                op.rewritten_digest = Some(tree.root.digest.clone());
+                op.note = Some(format!(
+                    "index rewritten to {} of {total} platforms ({}), so its digest differs from the source",
+                    kept.len(),
+                    kept.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// HEADs every distinct reference once: a source fanned out to several
@@ -165,7 +263,7 @@ async fn fill_trees(
 ) -> Result<(), Vec<PlanError>> {
     let mut wanted: BTreeSet<(String, Repository, Digest)> = BTreeSet::new();
     for op in operations.iter().filter(|op| op.action.is_change()) {
-        if let Some(digest) = &op.source_digest {
+        if let Some(digest) = op.content_digest() {
             wanted.insert((
                 op.source.registry.clone(),
                 op.source.repository.clone(),
@@ -200,8 +298,7 @@ async fn check_blobs(
     let mut wanted: HashSet<(String, Repository, Digest)> = HashSet::new();
     for op in operations.iter().filter(|op| op.action.is_change()) {
         let Some(tree) = op
-            .source_digest
-            .as_ref()
+            .content_digest()
             .and_then(|d| cache.tree(&op.source.registry, d))
         else {
             continue;
@@ -246,8 +343,7 @@ fn count_blobs(plan: &mut Plan) {
     let mut in_registry: HashSet<(String, Digest)> = HashSet::new();
     for op in plan.operations.iter().filter(|op| op.action.is_change()) {
         let Some(tree) = op
-            .source_digest
-            .as_ref()
+            .content_digest()
             .and_then(|d| plan.cache.tree(&op.source.registry, d))
         else {
             continue;
@@ -271,8 +367,7 @@ fn count_blobs(plan: &mut Plan) {
         .filter(|op| op.action.is_change())
     {
         let Some(tree) = op
-            .source_digest
-            .as_ref()
+            .content_digest()
             .and_then(|d| cache.tree(&op.source.registry, d))
         else {
             continue;
@@ -305,7 +400,7 @@ fn count_blobs(plan: &mut Plan) {
     }
 }
 
-fn collect_results<T>(
+pub(super) fn collect_results<T>(
     results: impl Iterator<Item = Result<T, PlanError>>,
 ) -> Result<Vec<T>, Vec<PlanError>> {
     let mut values = Vec::new();

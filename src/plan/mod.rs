@@ -4,6 +4,8 @@
 
 mod diff;
 mod model;
+mod platforms;
+mod prune;
 pub mod render;
 mod resolve;
 pub mod saved;
@@ -12,6 +14,7 @@ mod tree;
 
 pub use diff::{build_plan, PlanError, PlanOptions};
 pub use model::{Action, BlobCounts, Operation, Plan, Summary};
-pub use resolve::{resolve, Desired, ResolveError};
+pub use platforms::rewritten_tree;
+pub use resolve::{resolve, resolve_all, Desired, PruneScope, ResolveError, Resolved};
 pub use shard::{Shard, ShardError};
-pub use tree::{fetch_tree, ImageTree};
+pub use tree::{fetch_tree, ImageTree, TreeCache};

@@ -20,6 +20,8 @@ pub enum Action {
     Unchanged,
     /// The destination tag is removed.
     Delete,
+    /// Left alone on purpose; the operation's `note` says why.
+    Skip,
 }
 
 impl Action {
@@ -30,11 +32,13 @@ impl Action {
             Action::Update => '~',
             Action::Unchanged => ' ',
             Action::Delete => '-',
+            Action::Skip => '!',
         }
     }
 
+    /// Whether the operation writes or deletes something.
     pub fn is_change(self) -> bool {
-        self != Action::Unchanged
+        matches!(self, Action::Create | Action::Update | Action::Delete)
     }
 }
 
@@ -65,6 +69,27 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub blobs: BlobCounts,
+    /// Why the operation is skipped or what is special about it, such as
+    /// an index reduced to some platforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Digest of the rewritten index the destination receives when a rule
+    /// selects platforms; it differs from `source_digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewritten_digest: Option<Digest>,
+    /// Platforms the rule selects, as written in the rules; empty for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+}
+
+impl Operation {
+    /// Digest of the manifest the destination holds once the operation is
+    /// applied: the rewritten index when there is one, else the source's.
+    pub fn content_digest(&self) -> Option<&Digest> {
+        self.rewritten_digest
+            .as_ref()
+            .or(self.source_digest.as_ref())
+    }
 }
 
 /// Count of operations by action; the summary line prints these.
@@ -74,6 +99,10 @@ pub struct Summary {
     pub update: usize,
     pub unchanged: usize,
     pub delete: usize,
+    /// Operations skipped on purpose: `overwrite: false`, a platform that
+    /// does not match, or a tag that prune cannot delete.
+    #[serde(default)]
+    pub skip: usize,
 }
 
 /// Everything a run would do, in a stable order.
@@ -102,6 +131,7 @@ impl Plan {
                 Action::Update => summary.update += 1,
                 Action::Unchanged => summary.unchanged += 1,
                 Action::Delete => summary.delete += 1,
+                Action::Skip => summary.skip += 1,
             }
         }
         Plan {

@@ -18,11 +18,15 @@ pub fn text(plan: &Plan) -> String {
         out.push('\n');
     }
     if !plan.has_changes() {
+        write_skipped(&mut out, plan);
         let _ = writeln!(
             out,
             "No changes. {} destination tags match their sources.",
             plan.summary.unchanged
         );
+        if plan.summary.skip > 0 {
+            let _ = writeln!(out, "{}", summary_line(plan));
+        }
         return out;
     }
     out.push_str("syncer will perform the following operations:\n");
@@ -30,17 +34,54 @@ pub fn text(plan: &Plan) -> String {
         out.push('\n');
         write_operation(&mut out, op);
     }
+    write_skipped(&mut out, plan);
     out.push('\n');
     out.push_str(&legend(plan));
     let _ = writeln!(out, "{}", summary_line(plan));
     out
 }
 
+/// Lists the operations skipped on purpose, each with its reason.
+fn write_skipped(out: &mut String, plan: &Plan) {
+    let skipped: Vec<&Operation> = plan
+        .operations
+        .iter()
+        .filter(|op| op.action == Action::Skip)
+        .collect();
+    if skipped.is_empty() {
+        return;
+    }
+    out.push_str("\nSkipped:\n");
+    for op in skipped {
+        out.push('\n');
+        let _ = writeln!(out, "  {} {}", op.action.symbol(), op.destination);
+        if op.source != op.destination {
+            let _ = writeln!(out, "      from   {}", op.source);
+        }
+        if let Some(note) = &op.note {
+            let _ = writeln!(out, "      note   {note}");
+        }
+    }
+    out.push('\n');
+}
+
 fn write_operation(out: &mut String, op: &Operation) {
     let _ = writeln!(out, "  {} {}", op.action.symbol(), op.destination);
+    if op.action == Action::Delete {
+        if let Some(digest) = &op.destination_digest {
+            let _ = writeln!(out, "      digest {}", digest.short());
+        }
+        if let Some(note) = &op.note {
+            let _ = writeln!(out, "      note   {note}");
+        }
+        return;
+    }
     let _ = writeln!(out, "      from   {}", op.source);
     let kind = op.kind.as_deref().unwrap_or("image");
-    match (&op.destination_digest, &op.source_digest) {
+    if let Some(note) = &op.note {
+        let _ = writeln!(out, "      note   {note}");
+    }
+    match (&op.destination_digest, op.content_digest()) {
         (Some(old), Some(new)) => {
             let _ = writeln!(
                 out,
@@ -87,6 +128,7 @@ fn legend(plan: &Plan) -> String {
         (Action::Create, "create"),
         (Action::Update, "update"),
         (Action::Delete, "delete"),
+        (Action::Skip, "skip"),
     ] {
         if plan.operations.iter().any(|op| op.action == action) {
             parts.push(format!("{} {word}", action.symbol()));
@@ -98,8 +140,15 @@ fn legend(plan: &Plan) -> String {
 /// Formats the summary line, a stable interface that scripts may grep.
 pub fn summary_line(plan: &Plan) -> String {
     let s = &plan.summary;
+    // The skipped count is appended only when there is one, so plans
+    // without skips print the same line as before.
+    let skipped = if s.skip > 0 {
+        format!(", {} skipped", s.skip)
+    } else {
+        String::new()
+    };
     format!(
-        "Plan: {} to create, {} to update, {} to delete, {} unchanged.",
+        "Plan: {} to create, {} to update, {} to delete, {} unchanged{skipped}.",
         s.create, s.update, s.delete, s.unchanged
     )
 }

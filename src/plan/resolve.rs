@@ -8,7 +8,7 @@ use tracing::{debug, warn};
 
 use crate::oci::{is_valid_tag, Reference, Repository, Target};
 use crate::registry::{Registries, RegistryError};
-use crate::rules::{Rule, Rules, Source};
+use crate::rules::{PlatformSpec, Protect, Rule, Rules, Source};
 
 /// One copy the rules ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +16,28 @@ pub struct Desired {
     pub rule: String,
     pub source: Reference,
     pub destination: Reference,
+    /// Platforms to copy; empty for the source as it is.
+    pub platforms: Vec<PlatformSpec>,
+    /// Whether a destination tag holding another digest may be moved.
+    pub overwrite: bool,
+}
+
+/// A destination repository of a rule with `prune: true`.
+#[derive(Clone, Debug)]
+pub struct PruneScope {
+    pub rule: String,
+    pub registry: String,
+    pub repository: Repository,
+    pub protect: Protect,
+}
+
+/// Everything resolution finds.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub desired: Vec<Desired>,
+    pub warnings: Vec<String>,
+    /// Destination repositories to prune, each once, in rules order.
+    pub prune: Vec<PruneScope>,
 }
 
 /// Why rules could not be resolved.
@@ -43,7 +65,19 @@ pub async fn resolve(
     registries: &Registries,
     jobs: usize,
 ) -> Result<(Vec<Desired>, Vec<String>), Vec<ResolveError>> {
+    resolve_all(rules, registries, jobs)
+        .await
+        .map(|resolved| (resolved.desired, resolved.warnings))
+}
+
+/// Resolves every rule, also returning the repositories to prune.
+pub async fn resolve_all(
+    rules: &Rules,
+    registries: &Registries,
+    jobs: usize,
+) -> Result<Resolved, Vec<ResolveError>> {
     let mut warnings = Vec::new();
+    let mut prune: Vec<PruneScope> = Vec::new();
     let catalogs = fetch_catalogs(rules, registries).await?;
     let mut sources: Vec<(&Rule, Repository)> = Vec::new();
     for rule in &rules.rules {
@@ -82,6 +116,8 @@ pub async fn resolve(
                             rule: rule.name.clone(),
                             source: source.clone(),
                             destination,
+                            platforms: rule.platforms.clone(),
+                            overwrite: rule.overwrite,
                         });
                     }
                     Err(message) => errors.push(ResolveError::Mapping {
@@ -92,11 +128,46 @@ pub async fn resolve(
             }
         }
     }
+    // Every destination repository of a pruning rule is a target, even
+    // one whose source has no selected tag left.
+    for (rule, repository) in &sources {
+        for destination in &rule.destinations {
+            if let Ok(dest_repo) = destination.repository_for(&rule.source, repository) {
+                add_prune_scope(&mut prune, rule, &destination.registry, &dest_repo);
+            }
+        }
+    }
     errors.extend(find_conflicts(&mut desired));
     if errors.is_empty() {
-        Ok((desired, warnings))
+        Ok(Resolved {
+            desired,
+            warnings,
+            prune,
+        })
     } else {
         Err(errors)
+    }
+}
+
+fn add_prune_scope(
+    scopes: &mut Vec<PruneScope>,
+    rule: &Rule,
+    registry: &str,
+    repository: &Repository,
+) {
+    if !rule.prune {
+        return;
+    }
+    let known = scopes
+        .iter()
+        .any(|s| s.registry == registry && &s.repository == repository);
+    if !known {
+        scopes.push(PruneScope {
+            rule: rule.name.clone(),
+            registry: registry.to_string(),
+            repository: repository.clone(),
+            protect: rule.protect.clone(),
+        });
     }
 }
 
@@ -233,13 +304,15 @@ fn find_conflicts(desired: &mut Vec<Desired>) -> Vec<ResolveError> {
     let mut errors = Vec::new();
     for item in desired.iter() {
         match by_destination.get(&item.destination) {
-            Some(first) if first.source != item.source => errors.push(ResolveError::Conflict {
-                destination: item.destination.clone(),
-                first: first.rule.clone(),
-                first_source: first.source.clone(),
-                second: item.rule.clone(),
-                second_source: item.source.clone(),
-            }),
+            Some(first) if first.source != item.source || first.platforms != item.platforms => {
+                errors.push(ResolveError::Conflict {
+                    destination: item.destination.clone(),
+                    first: first.rule.clone(),
+                    first_source: first.source.clone(),
+                    second: item.rule.clone(),
+                    second_source: item.source.clone(),
+                })
+            }
             Some(_) => {}
             None => {
                 by_destination.insert(item.destination.clone(), item);

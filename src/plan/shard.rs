@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::oci::Reference;
+use crate::oci::{Reference, Repository};
 
 /// One worker's part of the work: shard `index` of `count`, counted from 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +17,12 @@ impl Shard {
     /// Returns whether `destination` belongs to this shard. Every tag of one
     /// destination repository lands in the same shard.
     pub fn contains(&self, destination: &Reference) -> bool {
-        let key = format!("{}/{}", destination.registry, destination.repository);
+        self.contains_repository(&destination.registry, &destination.repository)
+    }
+
+    /// Returns whether the repository `registry/repository` belongs to this shard.
+    pub fn contains_repository(&self, registry: &str, repository: &Repository) -> bool {
+        let key = format!("{registry}/{repository}");
         fnv1a_64(key.as_bytes()) % u64::from(self.count) == u64::from(self.index)
     }
 }

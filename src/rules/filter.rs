@@ -18,23 +18,41 @@ pub struct TagFilter {
 }
 
 impl TagFilter {
-    /// Compiles `raw`, returning one message per invalid entry.
-    pub fn compile(raw: &RawTags) -> Result<Self, Vec<String>> {
+    /// Compiles `raw`, returning one error per invalid entry.
+    pub fn compile(raw: &RawTags) -> Result<Self, Vec<FilterError>> {
         let mut errors = Vec::new();
-        let include = compile_globs("tags.include", &raw.include, &mut errors);
-        let exclude = compile_globs("tags.exclude", &raw.exclude, &mut errors);
+        let include = compile_globs("include", &raw.include, &mut errors);
+        let exclude = compile_globs("exclude", &raw.exclude, &mut errors);
         let regex = raw.regex.as_ref().and_then(|r| {
             Regex::new(r)
-                .map_err(|e| errors.push(format!("tags.regex: invalid regex {r:?}: {e}")))
+                .map_err(|e| {
+                    errors.push(FilterError::new(
+                        "regex",
+                        None,
+                        format!("invalid regex {r:?}: {}", one_line(&e.to_string())),
+                    ))
+                })
                 .ok()
         });
         let semver = raw.semver.as_ref().and_then(|s| {
             VersionReq::parse(s)
-                .map_err(|e| errors.push(format!("tags.semver: invalid range {s:?}: {e}; expected comparators such as \">=1.2, <2\"")))
+                .map_err(|e| {
+                    errors.push(FilterError::new(
+                        "semver",
+                        None,
+                        format!(
+                            "invalid range {s:?}: {e}; expected comparators such as \">=1.2, <2\""
+                        ),
+                    ))
+                })
                 .ok()
         });
         if raw.latest == Some(0) {
-            errors.push("tags.latest: must be at least 1".to_string());
+            errors.push(FilterError::new(
+                "latest",
+                None,
+                "must be at least 1".to_string(),
+            ));
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -46,6 +64,21 @@ impl TagFilter {
             semver,
             latest: raw.latest,
         })
+    }
+
+    /// Whether no filter is set, so every valid tag is selected.
+    pub fn selects_every_tag(&self) -> bool {
+        self.include.is_none()
+            && self.exclude.is_none()
+            && self.regex.is_none()
+            && self.semver.is_none()
+            && self.latest.is_none()
+    }
+
+    /// Whether `tag` is selected whenever the source lists it. False when
+    /// `latest` is set, since then the answer depends on the other tags.
+    pub fn always_selects(&self, tag: &str) -> bool {
+        self.latest.is_none() && self.matches(tag)
     }
 
     /// Selects the tags that pass every filter, in a stable order. With
@@ -98,20 +131,68 @@ pub fn parse_version(tag: &str) -> Option<Version> {
     Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
 }
 
-fn compile_globs(field: &str, patterns: &[String], errors: &mut Vec<String>) -> Option<GlobSet> {
+/// An invalid entry of a `tags:` block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterError {
+    /// Key below `tags`, such as `include`.
+    pub field: &'static str,
+    /// Position in the key's list, for `include` and `exclude`.
+    pub index: Option<usize>,
+    pub message: String,
+}
+
+impl FilterError {
+    fn new(field: &'static str, index: Option<usize>, message: String) -> Self {
+        FilterError {
+            field,
+            index,
+            message,
+        }
+    }
+}
+
+/// Compiles glob patterns as the tag filters read them: `*` matches any
+/// characters, `?` one, `[...]` a class and `{a,b}` alternatives.
+pub fn compile_globs(
+    field: &'static str,
+    patterns: &[String],
+    errors: &mut Vec<FilterError>,
+) -> Option<GlobSet> {
     if patterns.is_empty() {
         return None;
     }
     let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
+    for (index, pattern) in patterns.iter().enumerate() {
         match Glob::new(pattern) {
             Ok(glob) => {
                 builder.add(glob);
             }
-            Err(e) => errors.push(format!("{field}: invalid glob {pattern:?}: {e}")),
+            Err(e) => errors.push(FilterError::new(
+                field,
+                Some(index),
+                format!(
+                    "invalid glob {pattern:?}: {}; use *, ?, [abc] and {{a,b}}",
+                    glob_reason(&e)
+                ),
+            )),
         }
     }
     builder.build().ok()
+}
+
+/// globset's error without the pattern, which the message already quotes.
+fn glob_reason(error: &globset::Error) -> String {
+    error.kind().to_string()
+}
+
+/// The regex crate's multi-line error reduced to its last line, the reason.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty())
+        .unwrap_or(text)
+        .trim_start_matches("error: ")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -1,18 +1,38 @@
 //! Loading a rules file or folder into the validated model, collecting
-//! every problem instead of stopping at the first.
+//! every problem, each with its file, line and column, instead of stopping
+//! at the first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use globset::GlobBuilder;
 
-use super::raw::{RawFile, RawRegistry, RawRule, RawTags};
+use super::conflicts::{find_conflicts, Conflict};
+use super::locate::{Locations, YamlPath};
+use super::parse::{parse, ParsedFile};
+use super::raw::{RawDefaults, RawRegistry};
 use super::settings::connection_settings;
-use super::{env, Destination, Diagnostic, Rule, Rules, RulesError, Source, TagFilter};
+use super::validate::{validate_defaults, validate_rule, RuleContext};
+use super::{env, Diagnostic, Rules, RulesError, Source};
 use crate::oci::{split_registry, split_target, Repository, Target};
 
 /// Characters that make a source path a glob.
 const GLOB_CHARS: [char; 4] = ['*', '?', '[', '{'];
+
+/// Keys of a `registries:` entry, used to point a settings error at its key.
+const REGISTRY_KEYS: [&str; 11] = [
+    "tls",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "username",
+    "password",
+    "max_concurrency",
+    "requests_per_second",
+    "connect_timeout",
+    "read_timeout",
+    "retries",
+];
 
 /// Loads `path`, a rules file or a folder whose `*.yaml` and `*.yml` files
 /// are read in name order. Touches no network.
@@ -24,6 +44,7 @@ pub fn load(path: &Path) -> Result<Rules, RulesError> {
     for file in &files {
         loader.load_file(file);
     }
+    loader.report_conflicts();
     if loader.diagnostics.is_empty() {
         Ok(loader.rules)
     } else {
@@ -58,168 +79,200 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
     Ok(files)
 }
 
+/// One file being loaded, with the positions of its values.
+pub(super) struct FileContext {
+    pub file: PathBuf,
+    pub locations: Locations,
+}
+
+impl FileContext {
+    /// Builds a diagnostic for the value at `path`; `label` follows the
+    /// path, such as the rule's name.
+    pub fn diagnostic(&self, path: &YamlPath, label: &str, message: String) -> Diagnostic {
+        let shown = path.to_string();
+        Diagnostic {
+            file: self.file.clone(),
+            location: self.locations.find(path),
+            path: (!shown.is_empty()).then(|| format!("{shown}{label}")),
+            message,
+        }
+    }
+
+    /// `file:line:col` of the value at `path`, for messages naming a place.
+    pub fn place(&self, path: &YamlPath) -> String {
+        match self.locations.find(path) {
+            Some((line, column)) => format!("{}:{line}:{column}", self.file.display()),
+            None => self.file.display().to_string(),
+        }
+    }
+}
+
+/// Where a loaded rule was written, for conflict messages.
+pub(super) struct RuleSite {
+    /// `file:line:col` of each destination entry, in order.
+    pub destinations: Vec<(String, Diagnostic)>,
+}
+
 #[derive(Default)]
 struct Loader {
     rules: Rules,
     diagnostics: Vec<Diagnostic>,
-    /// Each registry entry as written, with the file that first defined it.
-    registry_origins: HashMap<String, (RawRegistry, PathBuf)>,
-    names: HashMap<String, PathBuf>,
+    /// Each registry entry as written, with the place that first defined it.
+    registry_origins: HashMap<String, (RawRegistry, String)>,
+    /// Each rule name given, with the place that first used it.
+    names: HashMap<String, String>,
+    /// Parallel to `rules.rules`.
+    sites: Vec<RuleSite>,
 }
 
 impl Loader {
     fn load_file(&mut self, file: &Path) {
         let text = match std::fs::read_to_string(file) {
             Ok(text) => text,
-            Err(e) => return self.error(file, None, format!("cannot read file: {e}")),
+            Err(e) => {
+                let message = format!("cannot read file: {e}");
+                return self.diagnostics.push(Diagnostic::new(file, None, message));
+            }
         };
-        let raw: RawFile = match serde_yaml::from_str(&text) {
-            Ok(raw) => raw,
-            Err(e) => return self.yaml_error(file, &e),
+        let context = FileContext {
+            file: file.to_path_buf(),
+            locations: Locations::parse(&text),
         };
-        for (host, registry) in &raw.registries {
-            self.add_registry(file, host, registry);
+        let first = self.diagnostics.len();
+        let (raw, errors) = parse(&text);
+        for error in errors {
+            let mut diagnostic = context.diagnostic(&error.path, "", error.message);
+            if error.location.is_some() {
+                diagnostic.location = error.location;
+            }
+            self.diagnostics.push(diagnostic);
         }
-        let stem = file
+        self.load_parsed(&context, raw);
+        // Report a file's problems in the order they appear in it.
+        self.diagnostics[first..].sort_by_key(|d| d.location.unwrap_or((usize::MAX, 0)));
+    }
+
+    fn load_parsed(&mut self, context: &FileContext, raw: ParsedFile) {
+        let root = YamlPath::root();
+        for (host, registry) in &raw.registries {
+            self.add_registry(context, &root.key("registries").key(host), host, registry);
+        }
+        let defaults_ok = self.check_defaults(context, &raw.defaults);
+        let stem = context
+            .file
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("rules")
             .to_string();
-        for (index, rule) in raw.rules.iter().enumerate() {
-            let path = format!("rules[{index}]");
-            let default_name = format!("{stem}[{index}]");
-            if let Some(rule) =
-                self.validate_rule(file, &path, rule, &raw.defaults.tags, default_name)
-            {
+        for (index, rule) in &raw.rules {
+            let path = root.key("rules").index(*index);
+            if let Some(name) = &rule.name {
+                self.check_name(context, &path, name);
+            }
+            let rule_context = RuleContext {
+                file: context,
+                path: &path,
+                default_name: format!("{stem}[{index}]"),
+                defaults: &raw.defaults,
+                defaults_ok,
+            };
+            let (validated, diagnostics) = validate_rule(&rule_context, rule);
+            self.diagnostics.extend(diagnostics);
+            if let Some((rule, site)) = validated {
                 self.rules.rules.push(rule);
+                self.sites.push(site);
             }
         }
     }
 
-    fn error(&mut self, file: &Path, path: Option<String>, message: String) {
-        self.diagnostics.push(Diagnostic::new(file, path, message));
+    fn check_defaults(&mut self, context: &FileContext, defaults: &RawDefaults) -> bool {
+        let diagnostics = validate_defaults(context, defaults);
+        let ok = diagnostics.is_empty();
+        self.diagnostics.extend(diagnostics);
+        ok
     }
 
-    fn yaml_error(&mut self, file: &Path, error: &serde_yaml::Error) {
-        let mut diagnostic = Diagnostic::new(file, None, yaml_message(error));
-        diagnostic.location = error.location().map(|l| (l.line(), l.column()));
-        self.diagnostics.push(diagnostic);
+    fn check_name(&mut self, context: &FileContext, path: &YamlPath, name: &str) {
+        let name_path = path.key("name");
+        let place = context.place(&name_path);
+        if let Some(first) = self.names.get(name) {
+            let message = format!("duplicate rule name {name:?}, first used at {first}; rule names must be unique across all files");
+            self.diagnostics
+                .push(context.diagnostic(&name_path, "", message));
+        } else {
+            self.names.insert(name.to_string(), place);
+        }
     }
 
-    fn add_registry(&mut self, file: &Path, host: &str, raw: &RawRegistry) {
-        let path = Some(format!("registries.{host:?}"));
+    fn add_registry(
+        &mut self,
+        context: &FileContext,
+        path: &YamlPath,
+        host: &str,
+        raw: &RawRegistry,
+    ) {
         if let Some((first, origin)) = self.registry_origins.get(host) {
             if first != raw {
-                let message = format!("settings differ from those in {}; a registry must be configured the same way in every file", origin.display());
-                self.error(file, path, message);
+                let message = format!("settings of {host} differ from those at {origin}; a registry must be configured the same way in every file");
+                self.diagnostics.push(context.diagnostic(path, "", message));
             }
             return;
         }
         self.registry_origins
-            .insert(host.to_string(), (raw.clone(), file.to_path_buf()));
-        match connection_settings(file, raw) {
+            .insert(host.to_string(), (raw.clone(), context.place(path)));
+        match connection_settings(&context.file, raw) {
             Ok(settings) => {
                 self.rules.registries.insert(host.to_string(), settings);
             }
             Err(messages) => {
                 for message in messages {
-                    self.error(file, path.clone(), message);
+                    let (field_path, message) = registry_field(path, message);
+                    self.diagnostics
+                        .push(context.diagnostic(&field_path, "", message));
                 }
             }
         }
     }
 
-    fn validate_rule(
-        &mut self,
-        file: &Path,
-        path: &str,
-        raw: &RawRule,
-        defaults: &Option<RawTags>,
-        default_name: String,
-    ) -> Option<Rule> {
-        let mut errors = Vec::new();
-        let name = raw.name.clone().unwrap_or(default_name);
-        if raw.name.is_some() {
-            if let Some(first) = self.names.insert(name.clone(), file.to_path_buf()) {
-                errors.push(format!(
-                    "duplicate rule name {name:?}, also used in {}",
-                    first.display()
-                ));
-            }
+    /// Reports pairs of rules that the patterns alone show to write the
+    /// same destination reference. Others are found at plan time.
+    fn report_conflicts(&mut self) {
+        for Conflict {
+            first,
+            second,
+            message,
+        } in find_conflicts(&self.rules.rules)
+        {
+            let (first_place, _) = &self.sites[first.0].destinations[first.1];
+            let (_, diagnostic) = &self.sites[second.0].destinations[second.1];
+            let mut diagnostic = diagnostic.clone();
+            diagnostic.message = format!("{message}; the other destination is at {first_place}");
+            self.diagnostics.push(diagnostic);
         }
-        let source = expand(&raw.source, "source", &mut errors)
-            .and_then(|s| parse_source(&s).map_err(|e| errors.push(e)).ok());
-        if raw.destinations.is_empty() {
-            errors.push("destinations: at least one destination is required".to_string());
-        }
-        let destinations = self.destinations(raw, source.as_ref(), &mut errors);
-        let tags = merge_tags(defaults.as_ref(), raw.tags.as_ref());
-        let tags = TagFilter::compile(&tags).map_err(|e| errors.extend(e)).ok();
-        let label = format!("{path} ({name})");
-        for message in errors {
-            self.error(file, Some(label.clone()), message);
-        }
-        Some(Rule {
-            name,
-            file: file.to_path_buf(),
-            source: source?,
-            destinations: destinations?,
-            tags: tags?,
-        })
-    }
-
-    fn destinations(
-        &self,
-        raw: &RawRule,
-        source: Option<&Source>,
-        errors: &mut Vec<String>,
-    ) -> Option<Vec<Destination>> {
-        let before = errors.len();
-        let mut seen = HashSet::new();
-        let mut destinations = Vec::new();
-        for text in &raw.destinations {
-            let Some(text) = expand(text, "destinations", errors) else {
-                continue;
-            };
-            if !seen.insert(text.clone()) {
-                errors.push(format!("destination {text:?} is listed twice"));
-                continue;
-            }
-            match Destination::parse(&text) {
-                Ok(d)
-                    if d.tag.is_some() && !matches!(source, Some(Source::Image { .. }) | None) =>
-                {
-                    errors.push(format!("destination {text:?} has a tag, but only a single-image source (`repo:tag` or `repo@digest`) can be written under another tag"));
-                }
-                Ok(d) => destinations.push(d),
-                Err(e) => errors.push(e),
-            }
-        }
-        (errors.len() == before).then_some(destinations)
     }
 }
 
-/// Rule filters override the defaults field by field.
-fn merge_tags(defaults: Option<&RawTags>, rule: Option<&RawTags>) -> RawTags {
-    let base = defaults.cloned().unwrap_or_default();
-    let Some(rule) = rule else { return base };
-    RawTags {
-        include: if rule.include.is_empty() {
-            base.include
-        } else {
-            rule.include.clone()
-        },
-        exclude: if rule.exclude.is_empty() {
-            base.exclude
-        } else {
-            rule.exclude.clone()
-        },
-        regex: rule.regex.clone().or(base.regex),
-        semver: rule.semver.clone().or(base.semver),
-        latest: rule.latest.or(base.latest),
+/// Splits `field: message` from connection settings into the field's path
+/// and the message.
+fn registry_field(path: &YamlPath, message: String) -> (YamlPath, String) {
+    if let Some((field, rest)) = message.split_once(": ") {
+        if REGISTRY_KEYS.contains(&field) {
+            return (path.key(field), rest.to_string());
+        }
     }
+    (path.clone(), message)
 }
 
+/// Expands `${VAR}` in a rules value, naming every unset variable.
+pub(super) fn expand_value(text: &str) -> Result<String, String> {
+    env::expand(text, |name| std::env::var(name).ok()).map_err(|missing| {
+        let names = missing.join(", ");
+        format!("environment variable {names} is not set; set it or write $${{ for a literal ${{")
+    })
+}
+
+/// Expands `${VAR}` in a connection setting, pushing `field: message` for
+/// every unset variable.
 pub(super) fn expand(text: &str, field: &str, errors: &mut Vec<String>) -> Option<String> {
     env::expand(text, |name| std::env::var(name).ok())
         .map_err(|missing| {
@@ -232,7 +285,7 @@ pub(super) fn expand(text: &str, field: &str, errors: &mut Vec<String>) -> Optio
 
 /// Parses a rule source: `host/repo`, `host/repo:tag`, `host/repo@digest`
 /// or `host/glob`.
-fn parse_source(text: &str) -> Result<Source, String> {
+pub(super) fn parse_source(text: &str) -> Result<Source, String> {
     if !text.contains('/') {
         return Err(format!("source {text:?} needs a registry host and a repository path, such as `127.0.0.1:5001/team/app`"));
     }
@@ -276,16 +329,6 @@ fn parse_glob(registry: String, pattern: &str, text: &str) -> Result<Source, Str
         matcher: glob.compile_matcher(),
         fixed: fixed.join("/"),
     })
-}
-
-/// serde_yaml's message without its own ` at line X column Y` suffix, since
-/// the location is printed in front.
-fn yaml_message(error: &serde_yaml::Error) -> String {
-    let text = error.to_string();
-    match text.find(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text,
-    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use globset::GlobMatcher;
+use globset::{GlobMatcher, GlobSet};
 
-use super::{Destination, TagFilter};
+use super::{Destination, PlatformSpec, TagFilter};
 use crate::oci::{Repository, Target};
 use crate::registry::ConnectionSettings;
 
@@ -26,6 +26,27 @@ pub struct Rule {
     pub source: Source,
     pub destinations: Vec<Destination>,
     pub tags: TagFilter,
+    /// Platforms to copy; empty copies every platform unchanged.
+    pub platforms: Vec<PlatformSpec>,
+    /// Whether a destination tag holding another digest may be moved.
+    pub overwrite: bool,
+    /// Whether destination tags this rule does not produce are deleted.
+    pub prune: bool,
+    /// Tags that prune never deletes.
+    pub protect: Protect,
+}
+
+/// Tag globs that prune leaves alone.
+#[derive(Clone, Debug)]
+pub struct Protect {
+    pub patterns: Vec<String>,
+    pub matcher: GlobSet,
+}
+
+impl Protect {
+    pub fn is_protected(&self, tag: &str) -> bool {
+        self.matcher.is_match(tag)
+    }
 }
 
 /// What a rule reads from.
