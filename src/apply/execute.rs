@@ -217,7 +217,7 @@ async fn delete_manifest(
             info!(%registry, %repository, %digest, "deleted manifest");
             Outcome::Done
         }
-        // Docker Distribution answers 405 with code UNSUPPORTED unless
+        // Docker Distribution 2.8 returns 405 with code UNSUPPORTED unless
         // `storage.delete.enabled` is set.
         Err(e) if e.status() == Some(reqwest::StatusCode::METHOD_NOT_ALLOWED) || e.has_code("UNSUPPORTED") => {
             Outcome::Failed(format!("registry {registry} does not support deleting manifests ({e}); enable deletes on the registry or set `prune: false`"))

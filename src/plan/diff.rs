@@ -55,14 +55,14 @@ pub async fn build_plan(
     let (desired, mut warnings) = (resolved.desired, resolved.warnings);
     let heads = head_all(&desired, registries, jobs).await?;
     let mut operations = Vec::new();
-    let mut wanted = Vec::new();
+    let mut desired_items = Vec::new();
     let mut errors = Vec::new();
     for item in &desired {
         match heads.get(&item.source).cloned().flatten() {
             Some(source) => {
                 let destination = heads.get(&item.destination).cloned().flatten();
                 operations.push(operation(item, &source, destination));
-                wanted.push(item);
+                desired_items.push(item);
             }
             // A tag listed a moment ago and gone now was deleted meanwhile.
             None if item.source.tag().is_some() && !is_exact(rules, &item.rule) => {
@@ -80,8 +80,8 @@ pub async fn build_plan(
         return Err(errors);
     }
     let cache = Arc::new(TreeCache::default());
-    select_platforms(&mut operations, &wanted, registries, &cache, jobs).await?;
-    for (op, item) in operations.iter_mut().zip(&wanted) {
+    select_platforms(&mut operations, &desired_items, registries, &cache, jobs).await?;
+    for (op, item) in operations.iter_mut().zip(&desired_items) {
         decide(op, item.overwrite);
     }
     operations.extend(plan_prune(&resolved.prune, &desired, registries, jobs).await?);
@@ -160,7 +160,7 @@ fn decide(op: &mut Operation, overwrite: bool) {
 /// with no matching platform is skipped with a note.
 async fn select_platforms(
     operations: &mut [Operation],
-    wanted: &[&Desired],
+    desired_items: &[&Desired],
     registries: &Registries,
     cache: &TreeCache,
     jobs: usize,
@@ -168,7 +168,7 @@ async fn select_platforms(
     // One selection per source and platform list, whatever the number of
     // destinations.
     let mut sources: BTreeMap<(Reference, String), (Digest, Vec<PlatformSpec>)> = BTreeMap::new();
-    for (op, item) in operations.iter().zip(wanted) {
+    for (op, item) in operations.iter().zip(desired_items) {
         if let (false, Some(digest)) = (item.platforms.is_empty(), &op.source_digest) {
             sources
                 .entry((op.source.clone(), op.platforms.join(",")))

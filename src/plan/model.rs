@@ -20,7 +20,7 @@ pub enum Action {
     Unchanged,
     /// The destination tag is removed.
     Delete,
-    /// Left alone on purpose; the operation's `note` says why.
+    /// Left alone on purpose, for the reason in the operation's `note`.
     Skip,
 }
 
@@ -69,8 +69,8 @@ pub struct Operation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub blobs: BlobCounts,
-    /// Why the operation is skipped or what is special about it, such as
-    /// an index reduced to some platforms.
+    /// Reason the operation is skipped, or what is special about it, such
+    /// as an index reduced to some platforms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// Digest of the rewritten index the destination receives when a rule
@@ -83,7 +83,7 @@ pub struct Operation {
 }
 
 impl Operation {
-    /// Digest of the manifest the destination holds once the operation is
+    /// Digest of the manifest the destination contains once the operation is
     /// applied: the rewritten index when there is one, else the source's.
     pub fn content_digest(&self) -> Option<&Digest> {
         self.rewritten_digest
@@ -100,9 +100,14 @@ pub struct Summary {
     pub unchanged: usize,
     pub delete: usize,
     /// Operations skipped on purpose: `overwrite: false`, a platform that
-    /// does not match, or a tag that prune cannot delete.
-    #[serde(default)]
+    /// does not match, or a tag that prune cannot delete. Left out of the
+    /// JSON when zero, so plans without skips read as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub skip: usize,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 /// Everything a run would do, in a stable order.

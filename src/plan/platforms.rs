@@ -18,7 +18,7 @@ use crate::rules::{describe_platform, PlatformSpec};
 /// few KiB; the limit only guards against a registry serving a huge blob.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
-/// What platform selection makes of one source manifest.
+/// Outcome of platform selection for one source manifest.
 #[derive(Debug)]
 pub enum Selection {
     /// Copied as it is: an image of a wanted platform, or an index whose
@@ -33,7 +33,7 @@ pub enum Selection {
         /// Number of children in the source index.
         total: usize,
     },
-    /// Nothing matches; the note says what the source holds.
+    /// No platform matches. The note lists what the source contains.
     Skip(String),
 }
 
@@ -54,7 +54,7 @@ pub async fn select(
     let children = manifest.children()?;
     let kept: Vec<&Descriptor> = children
         .iter()
-        .filter(|child| is_wanted(child, platforms))
+        .filter(|child| is_selected(child, platforms))
         .collect();
     if kept.is_empty() {
         let found: Vec<String> = children.iter().map(child_platform).collect();
@@ -132,13 +132,13 @@ pub fn rewrite_index(bytes: &[u8], platforms: &[PlatformSpec]) -> Result<Vec<u8>
     };
     manifests.retain(|entry| {
         serde_json::from_value::<Descriptor>(entry.clone())
-            .map(|child| is_wanted(&child, platforms))
+            .map(|child| is_selected(&child, platforms))
             .unwrap_or(false)
     });
     serde_json::to_vec(&document).map_err(|e| format!("cannot write index: {e}"))
 }
 
-fn is_wanted(child: &Descriptor, platforms: &[PlatformSpec]) -> bool {
+fn is_selected(child: &Descriptor, platforms: &[PlatformSpec]) -> bool {
     child
         .platform
         .as_ref()

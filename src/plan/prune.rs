@@ -143,7 +143,7 @@ fn deletion(scope: &PruneScope, tag: &str, digest: &Digest, kept_tag: Option<&st
     Operation {
         action,
         rule: scope.rule.clone(),
-        // A deletion has no source; the destination stands in for it.
+        // A deletion has no source, so the destination is repeated there.
         source: reference.clone(),
         destination: reference,
         source_digest: None,

@@ -51,7 +51,10 @@ fn write_skipped(out: &mut String, plan: &Plan) {
     if skipped.is_empty() {
         return;
     }
-    out.push_str("\nSkipped:\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str("Skipped:\n");
     for op in skipped {
         out.push('\n');
         let _ = writeln!(out, "  {} {}", op.action.symbol(), op.destination);
@@ -62,7 +65,9 @@ fn write_skipped(out: &mut String, plan: &Plan) {
             let _ = writeln!(out, "      note   {note}");
         }
     }
-    out.push('\n');
+    if !plan.has_changes() {
+        out.push('\n');
+    }
 }
 
 fn write_operation(out: &mut String, op: &Operation) {
@@ -81,17 +86,21 @@ fn write_operation(out: &mut String, op: &Operation) {
     if let Some(note) = &op.note {
         let _ = writeln!(out, "      note   {note}");
     }
+    let origin = match (&op.rewritten_digest, &op.source_digest) {
+        (Some(_), Some(source)) => format!(", rewritten from {}", source.short()),
+        _ => String::new(),
+    };
     match (&op.destination_digest, op.content_digest()) {
         (Some(old), Some(new)) => {
             let _ = writeln!(
                 out,
-                "      digest {} -> {} ({kind})",
+                "      digest {} -> {} ({kind}{origin})",
                 old.short(),
                 new.short()
             );
         }
         (None, Some(new)) => {
-            let _ = writeln!(out, "      digest {} ({kind})", new.short());
+            let _ = writeln!(out, "      digest {} ({kind}{origin})", new.short());
         }
         _ => {}
     }

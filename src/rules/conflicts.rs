@@ -16,7 +16,7 @@ pub struct Conflict {
     pub message: String,
 }
 
-/// What one destination of an exact-source rule writes.
+/// One destination of an exact-source rule, with the target it writes.
 struct Write<'a> {
     rule: usize,
     destination: usize,

@@ -76,7 +76,7 @@ impl TagFilter {
     }
 
     /// Whether `tag` is selected whenever the source lists it. False when
-    /// `latest` is set, since then the answer depends on the other tags.
+    /// `latest` is set, since then the result depends on the other tags.
     pub fn always_selects(&self, tag: &str) -> bool {
         self.latest.is_none() && self.matches(tag)
     }

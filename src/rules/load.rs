@@ -107,7 +107,7 @@ impl FileContext {
     }
 }
 
-/// Where a loaded rule was written, for conflict messages.
+/// Positions of a loaded rule's destinations, for conflict messages.
 pub(super) struct RuleSite {
     /// `file:line:col` of each destination entry, in order.
     pub destinations: Vec<(String, Diagnostic)>,

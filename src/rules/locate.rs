@@ -101,7 +101,7 @@ impl Locations {
     }
 }
 
-/// Where the walker is inside one open mapping or sequence.
+/// State of the walker inside one open mapping or sequence.
 enum Frame {
     /// A mapping, with the key just read when its value comes next.
     Mapping(Option<String>),

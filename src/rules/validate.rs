@@ -18,7 +18,7 @@ use crate::oci::Target;
 /// belong to an image by digest.
 pub const DEFAULT_PROTECT: [&str; 4] = ["sha256-*", "*.sig", "*.att", "*.sbom"];
 
-/// What a rule is validated against.
+/// Inputs that one rule is validated against.
 pub(super) struct RuleContext<'a> {
     pub file: &'a FileContext,
     /// Path of the rule, such as `rules[2]`.
