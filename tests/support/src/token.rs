@@ -492,17 +492,15 @@ async fn handle_token(
                 .find(|(_, token)| token == t)
                 .map(|(user, _)| user.clone())
         });
-        match user {
-            Some(user) => {
-                asked.password = sh
-                    .opts
-                    .users
-                    .iter()
-                    .find(|(u, _)| *u == user)
-                    .map(|(_, p)| p.clone());
-                asked.user = Some(user);
-            }
-            None => asked.malformed_auth = true,
+        // An unknown refresh token is answered 400 `invalid_grant` below.
+        if let Some(user) = user {
+            asked.password = sh
+                .opts
+                .users
+                .iter()
+                .find(|(u, _)| *u == user)
+                .map(|(_, p)| p.clone());
+            asked.user = Some(user);
         }
     } else if parts.method == Method::POST {
         asked.user = get("username");
@@ -538,6 +536,16 @@ fn answer(
         asked.grant_type.as_deref(),
         Some("password") | Some("refresh_token")
     );
+    if *method == Method::POST
+        && asked.grant_type.as_deref() == Some("refresh_token")
+        && asked.user.is_none()
+    {
+        let r = json_response(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "invalid_grant", "error_description": "unknown refresh token"}),
+        );
+        return (r, 400, Vec::new());
+    }
     if *method == Method::POST && !grant_ok {
         let r = json_response(
             StatusCode::BAD_REQUEST,
