@@ -49,8 +49,12 @@ pub async fn build_plan(
         .map_err(|errors| errors.into_iter().map(PlanError::from).collect::<Vec<_>>())?;
     // Before any HEAD request, so a worker touches only its own shard.
     if let Some(shard) = options.shard {
-        resolved.desired.retain(|item| shard.contains(&item.destination));
-        resolved.prune.retain(|scope| shard.contains_repository(&scope.registry, &scope.repository));
+        resolved
+            .desired
+            .retain(|item| shard.contains(&item.destination));
+        resolved
+            .prune
+            .retain(|scope| shard.contains_repository(&scope.registry, &scope.repository));
     }
     let (desired, mut warnings) = (resolved.desired, resolved.warnings);
     let heads = head_all(&desired, registries, jobs).await?;
