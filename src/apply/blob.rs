@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::progress::BlobProgress;
 use crate::oci::{Descriptor, Repository};
 use crate::registry::{RegistryClient, RegistryError, UploadStart};
 
@@ -24,21 +25,31 @@ pub struct UploadTarget {
 
 pub type CopyResult = Result<(), Arc<RegistryError>>;
 
+/// Source of a blob: the client and repository to read it from.
+pub struct BlobSource<'a> {
+    pub client: &'a RegistryClient,
+    pub repository: &'a Repository,
+}
+
 /// Uploads `blob` from `source` to every target, reading the source once
 /// per attempt. Targets that fail with a transient error are tried again,
-/// alone, with a new upload session, up to `attempts` times in all.
+/// alone, with a new upload session, up to `attempts` times in all. The
+/// targets that succeeded are not sent the blob again.
 pub async fn copy_blob(
-    source: &RegistryClient,
-    repository: &Repository,
+    source: &BlobSource<'_>,
     blob: &Descriptor,
     targets: &[UploadTarget],
     attempts: u32,
+    progress: &BlobProgress,
 ) -> Vec<CopyResult> {
     let mut results: Vec<CopyResult> = vec![Ok(()); targets.len()];
     let mut pending: Vec<usize> = (0..targets.len()).collect();
     for attempt in 1..=attempts.max(1) {
+        if attempt > 1 {
+            progress.restart();
+        }
         let batch: Vec<UploadTarget> = pending.iter().map(|&i| targets[i].clone()).collect();
-        let outcomes = stream_once(source, repository, blob, &batch).await;
+        let outcomes = stream_once(source, blob, &batch, progress).await;
         let mut retry = Vec::new();
         for (&index, outcome) in pending.iter().zip(outcomes) {
             results[index] = match outcome {
@@ -66,10 +77,10 @@ pub async fn copy_blob(
 /// them, and return each target's outcome. A source failure fails every
 /// target, and their uploads are aborted before they complete.
 async fn stream_once(
-    source: &RegistryClient,
-    repository: &Repository,
+    source: &BlobSource<'_>,
     blob: &Descriptor,
     targets: &[UploadTarget],
+    progress: &BlobProgress,
 ) -> Vec<CopyResult> {
     let mut results: Vec<Option<CopyResult>> = vec![None; targets.len()];
     let mut senders = Vec::new();
@@ -86,7 +97,7 @@ async fn stream_once(
     if senders.is_empty() {
         return results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect();
     }
-    let source_error = pump(source, repository, blob, &mut senders).await;
+    let source_error = pump(source, blob, &mut senders, progress).await;
     drop(senders);
     for (index, task) in uploads {
         let outcome = match task.await {
@@ -142,12 +153,12 @@ async fn open_upload(
 /// Returns the source's error, after passing it to each upload so that
 /// none completes with partial or corrupt data.
 async fn pump(
-    source: &RegistryClient,
-    repository: &Repository,
+    source: &BlobSource<'_>,
     blob: &Descriptor,
     senders: &mut Vec<(usize, Sender)>,
+    progress: &BlobProgress,
 ) -> Option<Arc<RegistryError>> {
-    let mut stream = match source.get_blob(repository, blob).await {
+    let mut stream = match source.client.get_blob(source.repository, blob).await {
         Ok(stream) => stream,
         Err(error) => return Some(abort_all(senders, error).await),
     };
@@ -156,6 +167,7 @@ async fn pump(
             Ok(chunk) => chunk,
             Err(error) => return Some(abort_all(senders, error).await),
         };
+        progress.advance(chunk.len() as u64);
         let mut live = Vec::with_capacity(senders.len());
         for (index, sender) in senders.drain(..) {
             // A closed channel means that upload already failed; its task

@@ -1,55 +1,42 @@
-//! Scheduling of an apply: blob jobs largest first under a global limit,
-//! then each operation's manifests once all its blobs are in place.
+//! Scheduling of an apply: blob jobs largest first under the global
+//! `--jobs` limit, and each operation's manifests as soon as its own blobs
+//! are in place, children before their index.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::stream::FuturesUnordered;
 use futures::{stream, StreamExt};
-use tokio::sync::Semaphore;
-use tracing::{debug, info};
+use tracing::info;
 
-use super::blob::{copy_blob, UploadTarget};
+use super::deliver::{blob_jobs, run_blob_job, work_totals, BlobJob, Context, Deliveries, Totals};
+use super::progress::Progress;
 use super::{Outcome, Report};
-use crate::oci::{Descriptor, Digest, Repository, Target};
-use crate::plan::{fetch_tree, rewritten_tree, Action, ImageTree, Operation, Plan};
-use crate::registry::{Registries, RegistryError, UploadStart};
+use crate::oci::{Digest, Repository, Target};
+use crate::plan::{fetch_tree, rewritten_tree, Action, ImageTree, Operation, Plan, TreeCache};
+use crate::registry::{Registries, RegistryError};
 use crate::rules::PlatformSpec;
 
 /// Knobs for an apply.
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
-    /// Blob copies and manifest pushes in flight at once.
+    /// Blob jobs in flight at once, and manifest pushes in flight at once.
     pub jobs: usize,
     /// Attempts per blob copy, the first included.
     pub blob_attempts: u32,
 }
 
-/// A destination repository: registry host and repository path.
-type RepoKey = (String, Repository);
-
-/// One source blob and every destination repository that needs it.
-struct BlobJob {
-    source_registry: String,
-    source_repository: Repository,
-    blob: Descriptor,
-    destinations: BTreeSet<RepoKey>,
-}
-
-/// Outcome of delivering one blob to one destination repository.
-type Deliveries = HashMap<(RepoKey, Digest), Result<(), String>>;
-
-#[derive(Default)]
-struct Totals {
-    copied: usize,
-    mounted: usize,
-    present: usize,
-    bytes: u64,
-}
-
 /// Applies every change in `plan`. A failed operation does not stop the
-/// others; the report lists each failure.
-pub async fn execute(plan: &Plan, registries: &Registries, options: &ApplyOptions) -> Report {
+/// others; the report lists each failure with its error.
+pub async fn execute(
+    plan: &Plan,
+    registries: &Registries,
+    options: &ApplyOptions,
+    progress: &Progress,
+) -> Report {
     let started = Instant::now();
     let mut report = Report {
         unchanged: plan.summary.unchanged,
@@ -58,14 +45,31 @@ pub async fn execute(plan: &Plan, registries: &Registries, options: &ApplyOption
     let (deletions, changes): (Vec<&Operation>, Vec<&Operation>) =
         plan.changes().partition(|op| op.action == Action::Delete);
     let (trees, tree_errors) = load_trees(&changes, plan, registries, options.jobs).await;
-    let jobs = blob_jobs(&changes, &trees);
+    let sources: Vec<Result<Arc<ImageTree>, String>> = changes
+        .iter()
+        .map(|op| tree_of(op, &trees, &tree_errors))
+        .collect();
+    let ready_trees: Vec<Option<Arc<ImageTree>>> =
+        sources.iter().map(|s| s.as_ref().ok().cloned()).collect();
+    let jobs = blob_jobs(&changes, &ready_trees);
+    let (bytes, blobs) = work_totals(&jobs, plan);
+    progress.set_totals(bytes, blobs, changes.len());
     let totals = Mutex::new(Totals::default());
-    let deliveries = run_blob_jobs(jobs, plan, registries, options, &totals).await;
-    let outcomes: Vec<Outcome> = stream::iter(changes.iter())
-        .map(|op| finish_operation(op, &trees, &tree_errors, &deliveries, registries))
-        .buffered(options.jobs.max(1))
-        .collect()
-        .await;
+    let context = Context {
+        plan,
+        registries,
+        attempts: options.blob_attempts,
+        totals: &totals,
+        progress,
+    };
+    let pipeline = Pipeline {
+        changes: &changes,
+        sources: &sources,
+        registries,
+        progress,
+        limit: options.jobs.max(1),
+    };
+    let outcomes = pipeline.run(jobs, &context).await;
     for (op, outcome) in changes.into_iter().zip(outcomes) {
         report.record(op.clone(), outcome);
     }
@@ -84,6 +88,26 @@ pub async fn execute(plan: &Plan, registries: &Registries, options: &ApplyOption
 }
 
 type Trees = HashMap<(String, Digest), Arc<ImageTree>>;
+type TreeErrors = HashMap<(String, Digest), String>;
+
+/// Returns the tree `op` pushes, or why there is none.
+fn tree_of(
+    op: &Operation,
+    trees: &Trees,
+    tree_errors: &TreeErrors,
+) -> Result<Arc<ImageTree>, String> {
+    let Some(digest) = op.content_digest().cloned() else {
+        return Err("plan has no source digest for this operation".into());
+    };
+    let key = (op.source.registry.clone(), digest);
+    match trees.get(&key) {
+        Some(tree) => Ok(tree.clone()),
+        None => Err(tree_errors
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| "source manifest not fetched".into())),
+    }
+}
 
 /// Fetches (or takes from the plan's cache) the tree of every source.
 async fn load_trees(
@@ -91,7 +115,7 @@ async fn load_trees(
     plan: &Plan,
     registries: &Registries,
     jobs: usize,
-) -> (Trees, HashMap<(String, Digest), String>) {
+) -> (Trees, TreeErrors) {
     let wanted: BTreeMap<(String, Digest), &Operation> = changes
         .iter()
         .filter_map(|op| {
@@ -131,7 +155,7 @@ async fn load_trees(
 async fn source_tree(
     op: &Operation,
     registries: &Registries,
-    cache: &crate::plan::TreeCache,
+    cache: &TreeCache,
 ) -> Result<Arc<ImageTree>, RegistryError> {
     let client = registries.client(&op.source.registry)?;
     let repository = &op.source.repository;
@@ -226,307 +250,115 @@ async fn delete_manifest(
     }
 }
 
-/// Groups the blobs of every change by source blob, so each is read once.
-fn blob_jobs(changes: &[&Operation], trees: &Trees) -> Vec<BlobJob> {
-    let mut jobs: BTreeMap<(String, Digest), BlobJob> = BTreeMap::new();
-    for op in changes {
-        let Some(tree) = op
-            .content_digest()
-            .and_then(|d| trees.get(&(op.source.registry.clone(), d.clone())))
-        else {
-            continue;
-        };
-        for blob in &tree.blobs {
-            let job = jobs
-                .entry((op.source.registry.clone(), blob.digest.clone()))
-                .or_insert_with(|| BlobJob {
-                    source_registry: op.source.registry.clone(),
-                    source_repository: op.source.repository.clone(),
-                    blob: blob.clone(),
-                    destinations: BTreeSet::new(),
-                });
-            job.destinations.insert((
-                op.destination.registry.clone(),
-                op.destination.repository.clone(),
-            ));
-        }
-    }
-    let mut jobs: Vec<BlobJob> = jobs.into_values().collect();
-    // Largest first, so a big layer does not start last and leave a tail.
-    jobs.sort_by_key(|job| std::cmp::Reverse(job.blob.size));
-    jobs
+/// Operation index and its outcome, once its manifests are pushed.
+type Push<'a> = Pin<Box<dyn Future<Output = (usize, Outcome)> + Send + 'a>>;
+
+/// The event loop of an apply. Blob jobs run under the `--jobs` limit. As
+/// each finishes, the operations that were waiting only for it start
+/// pushing their manifests, also at most `--jobs` at once. Every wait is
+/// on a future, never on a timer.
+struct Pipeline<'a> {
+    changes: &'a [&'a Operation],
+    sources: &'a [Result<Arc<ImageTree>, String>],
+    registries: &'a Registries,
+    progress: &'a Progress,
+    limit: usize,
 }
 
-async fn run_blob_jobs(
-    jobs: Vec<BlobJob>,
-    plan: &Plan,
-    registries: &Registries,
-    options: &ApplyOptions,
-    totals: &Mutex<Totals>,
-) -> Deliveries {
-    let limit = Arc::new(Semaphore::new(options.jobs.max(1)));
-    let results: Vec<Deliveries> = stream::iter(jobs)
-        .map(|job| {
-            let limit = limit.clone();
-            async move {
-                let _permit = limit
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
-                run_blob_job(&job, plan, registries, options, totals).await
+impl<'a> Pipeline<'a> {
+    async fn run(&self, jobs: Vec<BlobJob>, context: &Context<'_>) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; self.changes.len()];
+        let mut waiting = vec![0usize; self.changes.len()];
+        for job in &jobs {
+            for &index in &job.operations {
+                waiting[index] += 1;
             }
-        })
-        .buffer_unordered(options.jobs.max(1))
-        .collect()
-        .await;
-    results.into_iter().flatten().collect()
-}
+        }
+        let mut ready: VecDeque<usize> = (0..self.changes.len())
+            .filter(|&index| waiting[index] == 0)
+            .collect();
+        let mut deliveries = Deliveries::new();
+        let mut blobs = stream::iter(jobs)
+            .map(|job| async move {
+                let delivered = run_blob_job(&job, context).await;
+                (job.operations, delivered)
+            })
+            .buffer_unordered(self.limit);
+        let mut blobs_done = false;
+        let mut pushes: FuturesUnordered<Push<'a>> = FuturesUnordered::new();
+        loop {
+            while pushes.len() < self.limit {
+                let Some(index) = ready.pop_front() else {
+                    break;
+                };
+                match self.start_push(index, &deliveries) {
+                    Ok(push) => pushes.push(push),
+                    Err(outcome) => self.record(&mut outcomes, index, outcome),
+                }
+            }
+            if blobs_done && pushes.is_empty() && ready.is_empty() {
+                break;
+            }
+            tokio::select! {
+                next = blobs.next(), if !blobs_done => match next {
+                    Some((operations, delivered)) => {
+                        deliveries.extend(delivered);
+                        for index in operations {
+                            waiting[index] -= 1;
+                            if waiting[index] == 0 {
+                                ready.push_back(index);
+                            }
+                        }
+                    }
+                    None => blobs_done = true,
+                },
+                Some((index, outcome)) = pushes.next(), if !pushes.is_empty() => {
+                    self.record(&mut outcomes, index, outcome);
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every operation gets an outcome"))
+            .collect()
+    }
 
-/// Delivers one blob to every destination repository: present ones are
-/// left alone, one repository per registry receives the upload (all
-/// registries from a single source read), and the rest mount from it.
-async fn run_blob_job(
-    job: &BlobJob,
-    plan: &Plan,
-    registries: &Registries,
-    options: &ApplyOptions,
-    totals: &Mutex<Totals>,
-) -> Deliveries {
-    let digest = &job.blob.digest;
-    let mut deliveries = Deliveries::new();
-    let mut holders: HashMap<String, Repository> = HashMap::new();
-    let mut missing: BTreeMap<String, Vec<Repository>> = BTreeMap::new();
-    for (registry, repository) in &job.destinations {
-        match is_present(plan, registries, registry, repository, digest).await {
-            Ok(true) => {
-                totals.lock().expect("totals lock poisoned").present += 1;
-                holders
-                    .entry(registry.clone())
-                    .or_insert_with(|| repository.clone());
-                deliveries.insert(
-                    ((registry.clone(), repository.clone()), digest.clone()),
-                    Ok(()),
-                );
-            }
-            Ok(false) => missing
-                .entry(registry.clone())
-                .or_default()
-                .push(repository.clone()),
-            Err(error) => {
-                deliveries.insert(
-                    ((registry.clone(), repository.clone()), digest.clone()),
-                    Err(error.to_string()),
-                );
-            }
-        }
+    fn record(&self, outcomes: &mut [Option<Outcome>], index: usize, outcome: Outcome) {
+        outcomes[index] = Some(outcome);
+        self.progress.image_done();
     }
-    let mut uploads = Vec::new();
-    for (registry, repositories) in &mut missing {
-        if holders.contains_key(registry) || repositories.is_empty() {
-            continue;
-        }
-        let repository = repositories.remove(0);
-        match registries.client(registry) {
-            Ok(client) => uploads.push(UploadTarget { client, repository }),
-            Err(error) => {
-                deliveries.insert(
-                    ((registry.clone(), repository), digest.clone()),
-                    Err(error.to_string()),
-                );
-            }
-        }
-    }
-    if !uploads.is_empty() {
-        upload(
-            job,
-            registries,
-            &uploads,
-            options,
-            totals,
-            &mut deliveries,
-            &mut holders,
-        )
-        .await;
-    }
-    for (registry, repositories) in missing {
-        for repository in repositories {
-            let outcome = mount(
-                job,
-                registries,
-                &registry,
-                &repository,
-                holders.get(&registry),
-                options,
-                totals,
-            )
-            .await;
-            deliveries.insert(((registry.clone(), repository), digest.clone()), outcome);
-        }
-    }
-    deliveries
-}
 
-async fn upload(
-    job: &BlobJob,
-    registries: &Registries,
-    targets: &[UploadTarget],
-    options: &ApplyOptions,
-    totals: &Mutex<Totals>,
-    deliveries: &mut Deliveries,
-    holders: &mut HashMap<String, Repository>,
-) {
-    let digest = &job.blob.digest;
-    let source = match registries.client(&job.source_registry) {
-        Ok(source) => source,
-        Err(error) => {
-            for target in targets {
-                deliveries.insert(
-                    (
-                        (target.client.host().to_string(), target.repository.clone()),
-                        digest.clone(),
-                    ),
-                    Err(error.to_string()),
-                );
-            }
-            return;
-        }
-    };
-    debug!(%digest, size = job.blob.size, destinations = targets.len(), "copying blob");
-    let results = copy_blob(
-        &source,
-        &job.source_repository,
-        &job.blob,
-        targets,
-        options.blob_attempts,
-    )
-    .await;
-    let mut copied = false;
-    for (target, result) in targets.iter().zip(results) {
-        let host = target.client.host().to_string();
-        if result.is_ok() {
-            copied = true;
-            holders.insert(host.clone(), target.repository.clone());
-        }
-        deliveries.insert(
-            ((host, target.repository.clone()), digest.clone()),
-            result.map_err(|e| e.to_string()),
+    /// Starts pushing the manifests of operation `index`, whose blob jobs
+    /// have all finished, or returns its failure when a blob or the source
+    /// tree is missing.
+    fn start_push(&self, index: usize, deliveries: &Deliveries) -> Result<Push<'a>, Outcome> {
+        let op = self.changes[index];
+        let tree = self.sources[index].clone().map_err(Outcome::Failed)?;
+        let dest_key = (
+            op.destination.registry.clone(),
+            op.destination.repository.clone(),
         );
-    }
-    if copied {
-        let mut totals = totals.lock().expect("totals lock poisoned");
-        totals.copied += 1;
-        totals.bytes += job.blob.size;
-    }
-}
-
-/// Mounts the blob from `holder` in the same registry; without a holder,
-/// or when the registry returns 202 instead of mounting, uploads it.
-async fn mount(
-    job: &BlobJob,
-    registries: &Registries,
-    registry: &str,
-    repository: &Repository,
-    holder: Option<&Repository>,
-    options: &ApplyOptions,
-    totals: &Mutex<Totals>,
-) -> Result<(), String> {
-    let client = registries.client(registry).map_err(|e| e.to_string())?;
-    if let Some(from) = holder {
-        match client
-            .start_upload(repository, &job.blob.digest, Some(from))
-            .await
-        {
-            Ok(UploadStart::Mounted) => {
-                debug!(digest = %job.blob.digest, %repository, %from, "mounted blob");
-                totals.lock().expect("totals lock poisoned").mounted += 1;
-                return Ok(());
+        for blob in &tree.blobs {
+            if let Some(Err(error)) = deliveries.get(&(dest_key.clone(), blob.digest.clone())) {
+                return Err(Outcome::Failed(format!("blob {}: {error}", blob.digest)));
             }
-            Ok(UploadStart::Session(_)) => {
-                info!(digest = %job.blob.digest, %repository, "mount declined, uploading instead")
-            }
-            Err(error) => return Err(error.to_string()),
         }
+        let registries = self.registries;
+        Ok(Box::pin(async move {
+            let outcome = match push_manifests(op, &tree, registries).await {
+                Ok(()) => {
+                    info!(destination = %op.destination, digest = %tree.root.digest, "pushed");
+                    Outcome::Done
+                }
+                Err(error) => Outcome::Failed(error.to_string()),
+            };
+            (index, outcome)
+        }))
     }
-    let source = registries
-        .client(&job.source_registry)
-        .map_err(|e| e.to_string())?;
-    let target = UploadTarget {
-        client,
-        repository: repository.clone(),
-    };
-    let mut results = copy_blob(
-        &source,
-        &job.source_repository,
-        &job.blob,
-        &[target],
-        options.blob_attempts,
-    )
-    .await;
-    let result = results.pop().unwrap_or(Ok(()));
-    if result.is_ok() {
-        let mut totals = totals.lock().expect("totals lock poisoned");
-        totals.copied += 1;
-        totals.bytes += job.blob.size;
-    }
-    result.map_err(|e| e.to_string())
-}
-
-/// Whether the destination contains the blob: the plan's observation when it
-/// made one, else a HEAD request.
-async fn is_present(
-    plan: &Plan,
-    registries: &Registries,
-    registry: &str,
-    repository: &Repository,
-    digest: &Digest,
-) -> Result<bool, RegistryError> {
-    if let Some(present) = plan.cache.blob_present(registry, repository, digest) {
-        return Ok(present);
-    }
-    registries
-        .client(registry)?
-        .blob_exists(repository, digest)
-        .await
 }
 
 /// Pushes an operation's child manifests by digest, then its root under
-/// the destination tag, once every blob it needs is delivered.
-async fn finish_operation(
-    op: &Operation,
-    trees: &Trees,
-    tree_errors: &HashMap<(String, Digest), String>,
-    deliveries: &Deliveries,
-    registries: &Registries,
-) -> Outcome {
-    let Some(digest) = op.content_digest().cloned() else {
-        return Outcome::Failed("plan has no source digest for this operation".into());
-    };
-    let key = (op.source.registry.clone(), digest);
-    let Some(tree) = trees.get(&key) else {
-        let error = tree_errors
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| "source manifest not fetched".into());
-        return Outcome::Failed(error);
-    };
-    let dest_key = (
-        op.destination.registry.clone(),
-        op.destination.repository.clone(),
-    );
-    for blob in &tree.blobs {
-        if let Some(Err(error)) = deliveries.get(&(dest_key.clone(), blob.digest.clone())) {
-            return Outcome::Failed(format!("blob {}: {error}", blob.digest));
-        }
-    }
-    match push_manifests(op, tree, registries).await {
-        Ok(()) => {
-            info!(destination = %op.destination, digest = %tree.root.digest, "pushed");
-            Outcome::Done
-        }
-        Err(error) => Outcome::Failed(error.to_string()),
-    }
-}
-
+/// the destination tag.
 async fn push_manifests(
     op: &Operation,
     tree: &ImageTree,

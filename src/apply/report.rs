@@ -40,6 +40,8 @@ pub struct Report {
     /// Bytes read from sources; each is uploaded to every registry in need.
     pub bytes_copied: u64,
     pub seconds: f64,
+    /// `bytes_copied` over `seconds`: the rate of reading the sources.
+    pub bytes_per_second: u64,
     pub operations: Vec<OperationResult>,
 }
 
@@ -55,8 +57,15 @@ impl Report {
         self.operations.push(OperationResult { operation, outcome });
     }
 
+    /// Sets the run's duration and the throughput, from `bytes_copied`
+    /// as it is now.
     pub fn set_duration(&mut self, elapsed: Duration) {
         self.seconds = elapsed.as_secs_f64();
+        self.bytes_per_second = if self.seconds > 0.0 {
+            (self.bytes_copied as f64 / self.seconds) as u64
+        } else {
+            0
+        };
     }
 
     pub fn has_failures(&self) -> bool {
@@ -71,11 +80,6 @@ impl Report {
                 let _ = writeln!(out, "Error: {}: {error}", result.operation.destination);
             }
         }
-        let throughput = if self.seconds > 0.0 {
-            self.bytes_copied as f64 / self.seconds
-        } else {
-            0.0
-        };
         // Deletions are appended only when there are some, so applies
         // without prune print the same line as before.
         let deleted = if self.deleted > 0 {
@@ -96,7 +100,7 @@ impl Report {
             self.blobs_mounted,
             self.blobs_present,
             self.seconds,
-            human_bytes(throughput as u64)
+            human_bytes(self.bytes_per_second)
         );
         out
     }

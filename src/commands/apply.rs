@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::lock::{self, ApplyLock, LockError};
 use super::plan::{make_plan, print_errors};
 use super::{load_rules, registries, Exit};
-use crate::apply::{execute, ApplyOptions};
+use crate::apply::{execute, ApplyOptions, Progress, ProgressMode};
 use crate::cli::ApplyArgs;
 use crate::plan::saved::{find_moved, Moved, SavedPlan};
 use crate::plan::{render, Plan};
@@ -59,7 +59,9 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
         jobs: args.jobs.into(),
         blob_attempts: BLOB_ATTEMPTS,
     };
-    let report = execute(&plan, &registries, &options).await;
+    let mut progress = Progress::new(ProgressMode::detect());
+    let report = execute(&plan, &registries, &options, &progress).await;
+    progress.finish();
     println!();
     print!("{}", report.text());
     if let Some(path) = &args.report {
