@@ -360,11 +360,7 @@ fn push_schema1(registry: &Registry, repo: &str, tag: &str) -> String {
     pusher.push_manifest(repo, tag, &media_type, &bytes)
 }
 
-// NOTE: the planner stops the whole run on a schema1 source manifest
-// ("planning failed"), so the other images are never copied; the fix
-// belongs in `plan`, outside the registry client.
 #[test]
-#[ignore = "planning aborts the whole run on a schema1 source"]
 fn schema1_fails_only_that_image() {
     let source = Registry::start_with(RegistryOptions {
         schema1: true,

@@ -89,7 +89,7 @@ pub async fn build_plan(
         decide(op, item.overwrite);
     }
     operations.extend(plan_prune(&resolved.prune, &desired, registries, jobs).await?);
-    fill_trees(&mut operations, registries, &cache, jobs).await?;
+    warnings.extend(fill_trees(&mut operations, registries, &cache, jobs).await?);
     check_blobs(&operations, registries, &cache, jobs).await?;
     let mut plan = Plan::new(operations, warnings, cache);
     count_blobs(&mut plan);
@@ -264,7 +264,7 @@ async fn fill_trees(
     registries: &Registries,
     cache: &TreeCache,
     jobs: usize,
-) -> Result<(), Vec<PlanError>> {
+) -> Result<Vec<String>, Vec<PlanError>> {
     let mut wanted: BTreeSet<(String, Repository, Digest)> = BTreeSet::new();
     for op in operations.iter().filter(|op| op.action.is_change()) {
         if let Some(digest) = op.content_digest() {
@@ -281,15 +281,24 @@ async fn fill_trees(
                 fetch_tree(&*registries.client(&registry)?, &repository, &digest, cache).await
             }
             .await;
-            tree.map(|_| ()).map_err(|source| PlanError::Registry {
-                reference: format!("{registry}/{repository}@{digest}"),
-                source,
-            })
+            match tree {
+                Ok(_) => Ok(None),
+                // Content this tool cannot copy, such as a schema1 manifest,
+                // fails that image at apply time and leaves the rest alone.
+                Err(RegistryError::Manifest(error)) => Ok(Some(format!(
+                    "{registry}/{repository}@{digest}: cannot be copied: {error}"
+                ))),
+                Err(source) => Err(PlanError::Registry {
+                    reference: format!("{registry}/{repository}@{digest}"),
+                    source,
+                }),
+            }
         })
         .buffer_unordered(jobs)
         .collect()
         .await;
-    collect_results(results.into_iter()).map(|_| ())
+    let notes = collect_results(results.into_iter())?;
+    Ok(notes.into_iter().flatten().collect())
 }
 
 /// HEADs each blob of each changed operation at its destination repository.
