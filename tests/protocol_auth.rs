@@ -108,6 +108,18 @@ rules:
     );
     let unexpected: Vec<&String> = requested.difference(&allowed).collect();
     assert!(unexpected.is_empty(), "unexpected scopes {unexpected:?}");
+    // A destination repository is only ever read alongside a write, so a
+    // lone pull scope for one means a second, needless token.
+    for request in server.requests() {
+        if let [scope] = request.scopes.as_slice() {
+            let destination =
+                scope.starts_with("repository:first/") || scope.starts_with("repository:second/");
+            assert!(
+                !destination || scope.ends_with(":pull,push"),
+                "destination asked for {scope}"
+            );
+        }
+    }
     let mount_requests: Vec<Vec<String>> = server
         .requests()
         .into_iter()
@@ -207,6 +219,22 @@ fn expired_token_is_fetched_again_once() {
         let replay = records
             .get(i + 1)
             .unwrap_or_else(|| panic!("no replay after {:?}", records[i]));
+        // A streamed blob PUT cannot be sent again; the blob is retried
+        // whole, starting with a new upload session.
+        if records[i].method == "PUT" && records[i].path_and_query.contains("/blobs/uploads/") {
+            assert_eq!(replay.method, "POST", "{replay:?}");
+            assert!(
+                replay.path_and_query.contains("/blobs/uploads/"),
+                "{replay:?}"
+            );
+            assert!(replay.had_authorization, "{replay:?}");
+            assert_ne!(
+                replay.status, 401,
+                "new session after {:?} failed",
+                records[i]
+            );
+            continue;
+        }
         assert_eq!(replay.method, records[i].method);
         assert_eq!(replay.path_and_query, records[i].path_and_query);
         assert!(replay.had_authorization, "{replay:?}");

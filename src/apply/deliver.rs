@@ -11,7 +11,7 @@ use super::blob::{copy_blob, BlobSource, UploadTarget};
 use super::progress::Progress;
 use crate::oci::{Descriptor, Digest, Repository};
 use crate::plan::{ImageTree, Operation, Plan};
-use crate::registry::{Registries, RegistryError, UploadStart};
+use crate::registry::{Access, Registries, RegistryError, UploadStart};
 
 /// A destination repository: registry host and repository path.
 pub type RepoKey = (String, Repository);
@@ -280,7 +280,7 @@ async fn is_present(
     context
         .registries
         .client(registry)?
-        .blob_exists(repository, digest)
+        .blob_exists_as(repository, digest, Access::Push)
         .await
 }
 

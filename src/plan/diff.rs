@@ -11,7 +11,7 @@ use super::prune::plan_prune;
 use super::tree::{fetch_tree, TreeCache};
 use super::{resolve_all, Action, BlobCounts, Desired, Operation, Plan, ResolveError, Shard};
 use crate::oci::{Digest, Reference, Repository};
-use crate::registry::{ManifestHead, Registries, RegistryError};
+use crate::registry::{Access, ManifestHead, Registries, RegistryError};
 use crate::rules::{PlatformSpec, Rules};
 
 /// Knobs for planning.
@@ -227,18 +227,22 @@ async fn head_all(
     registries: &Registries,
     jobs: usize,
 ) -> Result<HashMap<Reference, Option<ManifestHead>>, Vec<PlanError>> {
-    let mut references = BTreeSet::new();
+    // Destinations ask for push access from the first request, so a token
+    // server hands out one token per destination repository, not two.
+    let mut references = BTreeMap::new();
     for item in desired {
-        references.insert(item.source.clone());
-        references.insert(item.destination.clone());
+        references
+            .entry(item.source.clone())
+            .or_insert(Access::Pull);
+        references.insert(item.destination.clone(), Access::Push);
     }
     let results: Vec<_> = stream::iter(references)
-        .map(|reference| async move {
+        .map(|(reference, access)| async move {
             let client = registries.client(&reference.registry);
             let head = match client {
                 Ok(client) => {
                     client
-                        .head_manifest(&reference.repository, &reference.target)
+                        .head_manifest_as(&reference.repository, &reference.target, access)
                         .await
                 }
                 Err(e) => Err(e),
@@ -329,7 +333,7 @@ async fn check_blobs(
             let present = async {
                 registries
                     .client(&registry)?
-                    .blob_exists(&repository, &digest)
+                    .blob_exists_as(&repository, &digest, Access::Push)
                     .await
             }
             .await;

@@ -10,7 +10,7 @@ use super::diff::{collect_results, PlanError};
 use super::resolve::PruneScope;
 use super::{Action, BlobCounts, Desired, Operation};
 use crate::oci::{is_valid_tag, Digest, Reference, Target};
-use crate::registry::Registries;
+use crate::registry::{Access, Registries};
 
 /// Plans the deletions of every prune scope, in scope order and tag order
 /// within a scope.
@@ -104,7 +104,7 @@ async fn head_tags(
     let heads: Vec<_> = stream::iter(sorted)
         .map(|tag| async move {
             let head = client
-                .head_manifest(&scope.repository, &Target::Tag(tag.clone()))
+                .head_manifest_as(&scope.repository, &Target::Tag(tag.clone()), Access::Push)
                 .await;
             (tag, head)
         })

@@ -36,6 +36,23 @@ pub struct ManifestHead {
     pub size: u64,
 }
 
+/// Access a request needs to a repository: sources are read, while
+/// destinations are read and written in the same run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
+impl Access {
+    fn scope(self, repository: &Repository) -> Scope {
+        match self {
+            Access::Pull => Scope::pull(repository.as_str()),
+            Access::Push => Scope::push(repository.as_str()),
+        }
+    }
+}
+
 /// Result of opening a blob upload.
 pub enum UploadStart {
     /// The registry linked the blob from another repository (201).
@@ -139,8 +156,20 @@ impl RegistryClient {
         repository: &Repository,
         target: &Target,
     ) -> Result<Option<ManifestHead>, RegistryError> {
+        self.head_manifest_as(repository, target, Access::Pull)
+            .await
+    }
+
+    /// Like [`Self::head_manifest`], asking for `access` to the repository:
+    /// a destination asks for push too, so one token serves the whole run.
+    pub async fn head_manifest_as(
+        &self,
+        repository: &Repository,
+        target: &Target,
+        access: Access,
+    ) -> Result<Option<ManifestHead>, RegistryError> {
         let url = self.manifest_url(repository, target);
-        let req = Req::new(Method::HEAD, url, Scope::pull(repository.as_str()))
+        let req = Req::new(Method::HEAD, url, access.scope(repository))
             .header(ACCEPT, MediaType::ACCEPT_MANIFESTS);
         let reply = match self.transport.send(&req).await {
             Err(e) if e.is_not_found() => return Ok(None),
@@ -268,16 +297,22 @@ impl RegistryClient {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
+        self.blob_exists_as(repository, digest, Access::Pull).await
+    }
+
+    /// Like [`Self::blob_exists`], asking for `access` to the repository.
+    pub async fn blob_exists_as(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        access: Access,
+    ) -> Result<bool, RegistryError> {
         let url = self
             .transport
             .url(&format!("v2/{repository}/blobs/{digest}"));
         match self
             .transport
-            .send(&Req::new(
-                Method::HEAD,
-                url,
-                Scope::pull(repository.as_str()),
-            ))
+            .send(&Req::new(Method::HEAD, url, access.scope(repository)))
             .await
         {
             Ok(_) => Ok(true),

@@ -11,7 +11,7 @@ mod settings;
 mod transport;
 
 pub use auth::Scope;
-pub use client::{BlobStream, ManifestHead, RegistryClient, UploadStart};
+pub use client::{Access, BlobStream, ManifestHead, RegistryClient, UploadStart};
 pub use credentials::{Credentials, Secret};
 pub use error::{ErrorBody, ErrorInfo, RegistryError, RequestInfo};
 pub use settings::{ConnectionSettings, Registries, TlsMode};
