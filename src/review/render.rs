@@ -65,23 +65,31 @@ fn rule_text(change: &RuleChange) -> String {
             destinations_removed,
             fields,
         } => {
-            let mut parts = Vec::new();
-            parts.extend(
-                destinations_added
-                    .iter()
-                    .map(|d| format!("+destination {d}")),
-            );
-            parts.extend(
-                destinations_removed
-                    .iter()
-                    .map(|d| format!("-destination {d}")),
-            );
-            if !fields.is_empty() {
-                parts.push(format!("changed {}", fields.join(", ")));
-            }
+            let parts = change_parts(destinations_added, destinations_removed, fields, |d| {
+                d.to_string()
+            });
             format!("~ rule {name:?}: {}", parts.join("; "))
         }
     }
+}
+
+/// Lists a changed rule's added and removed destinations, each written
+/// through `quote`, then its changed fields.
+fn change_parts<T: std::fmt::Display>(
+    added: &[T],
+    removed: &[T],
+    fields: &[String],
+    quote: impl Fn(&T) -> String,
+) -> Vec<String> {
+    let mut parts: Vec<String> = added
+        .iter()
+        .map(|d| format!("+destination {}", quote(d)))
+        .collect();
+    parts.extend(removed.iter().map(|d| format!("-destination {}", quote(d))));
+    if !fields.is_empty() {
+        parts.push(format!("changed {}", fields.join(", ")));
+    }
+    parts
 }
 
 fn reference_text(change: &ReferenceChange) -> String {
@@ -154,20 +162,9 @@ fn rule_row(change: &RuleChange) -> String {
             destinations_removed,
             fields,
         } => {
-            let mut parts = Vec::new();
-            parts.extend(
-                destinations_added
-                    .iter()
-                    .map(|d| format!("+destination `{d}`")),
-            );
-            parts.extend(
-                destinations_removed
-                    .iter()
-                    .map(|d| format!("-destination `{d}`")),
-            );
-            if !fields.is_empty() {
-                parts.push(format!("changed {}", fields.join(", ")));
-            }
+            let parts = change_parts(destinations_added, destinations_removed, fields, |d| {
+                format!("`{d}`")
+            });
             format!("| `~` changed | `{name}` | {} |\n", parts.join("<br>"))
         }
     }
