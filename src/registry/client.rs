@@ -20,8 +20,8 @@ use super::transport::{Reply, Req, Transport};
 use super::{ConnectionSettings, RegistryError};
 use crate::oci::{Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target};
 
-/// Largest catalog page Docker Distribution accepts; above it, 2.8.2
-/// answers 400 `PAGINATION_NUMBER_INVALID`.
+/// Largest catalog page Docker Distribution accepts. Above it, 2.8.2
+/// returns 400 `PAGINATION_NUMBER_INVALID`.
 const CATALOG_PAGE: usize = 1000;
 
 /// Stream of blob bytes; its last item is an error when the content did not
@@ -291,7 +291,7 @@ impl RegistryClient {
     }
 
     /// Whether `repository` links the blob. Docker Distribution 2.8.2
-    /// answers 404 for a blob that is in its store but not linked here.
+    /// returns 404 for a blob that is in its store but not linked here.
     pub async fn blob_exists(
         &self,
         repository: &Repository,

@@ -24,8 +24,8 @@ struct Envelope {
     errors: Vec<ErrorInfo>,
 }
 
-/// What a request was: method and URL without its query string, which may
-/// carry signatures of a redirected storage URL.
+/// Request identity for error messages: method and URL without the query
+/// string, because a redirected storage URL carries signatures there.
 #[derive(Clone, Debug)]
 pub struct RequestInfo {
     pub method: Method,
@@ -111,8 +111,8 @@ pub enum RegistryError {
         source: reqwest::Error,
         attempts: u32,
     },
-    /// A streamed request answered 401 after which a new token was
-    /// fetched; the request can be sent again with it.
+    /// A 401 reply to a streamed request. A new token was fetched, so the
+    /// next attempt of the whole upload can succeed.
     #[error("{request} returned 401 Unauthorized; a new token was fetched for the next attempt")]
     Unauthorized { request: RequestInfo },
     #[error("authentication with {registry} failed: {reason}")]
@@ -168,7 +168,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 impl RegistryError {
-    /// HTTP status of a failed request, if the registry answered.
+    /// Returns the HTTP status of a failed request, if the registry replied.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             RegistryError::Status { status, .. } => Some(*status),
