@@ -216,32 +216,46 @@ fn expired_token_is_fetched_again_once() {
         "no token expired during the run, the test proves nothing"
     );
     for &i in &rejected {
-        let replay = records
-            .get(i + 1)
-            .unwrap_or_else(|| panic!("no replay after {:?}", records[i]));
+        let failed = &records[i];
+        // Other requests (another blob's PUT, say) may be answered between
+        // a rejected request and its retry, so search forward for the retry.
+        let later = &records[i + 1..];
         // A streamed blob PUT cannot be sent again; the blob is retried
         // whole, starting with a new upload session.
-        if records[i].method == "PUT" && records[i].path_and_query.contains("/blobs/uploads/") {
-            assert_eq!(replay.method, "POST", "{replay:?}");
-            assert!(
-                replay.path_and_query.contains("/blobs/uploads/"),
-                "{replay:?}"
-            );
-            assert!(replay.had_authorization, "{replay:?}");
+        if failed.method == "PUT" && failed.path_and_query.contains("/blobs/uploads/") {
+            let digest = query_param(&failed.path_and_query, "digest");
+            let put = later
+                .iter()
+                .position(|r| {
+                    r.method == "PUT" && query_param(&r.path_and_query, "digest") == digest
+                })
+                .unwrap_or_else(|| panic!("blob of {failed:?} was never uploaded again"));
+            let retry = &later[put];
+            assert_eq!(retry.status, 201, "{retry:?}");
+            assert!(retry.had_authorization, "{retry:?}");
             assert_ne!(
-                replay.status, 401,
-                "new session after {:?} failed",
-                records[i]
+                session_of(&retry.path_and_query),
+                session_of(&failed.path_and_query),
+                "the retry reused the rejected upload session"
+            );
+            assert!(
+                later[..put].iter().any(|r| r.method == "POST"
+                    && r.path_and_query.contains("/blobs/uploads/")
+                    && r.had_authorization
+                    && r.status == 202),
+                "no new upload session was opened before {retry:?}"
             );
             continue;
         }
-        assert_eq!(replay.method, records[i].method);
-        assert_eq!(replay.path_and_query, records[i].path_and_query);
+        let replay = later
+            .iter()
+            .find(|r| r.method == failed.method && r.path_and_query == failed.path_and_query)
+            .unwrap_or_else(|| panic!("no replay after {failed:?}"));
         assert!(replay.had_authorization, "{replay:?}");
         assert_ne!(
             replay.status, 401,
             "replay of {} failed: {replay:?}",
-            records[i].path_and_query
+            failed.path_and_query
         );
     }
     // One token per scope at first, then one more per rejected token.
@@ -524,4 +538,19 @@ fn trace_output_contains_no_secret() {
         assert!(!text.contains(&basic), "basic credentials in {name}");
         assert!(!text.contains("eyJ"), "a JWT in {name}");
     }
+}
+
+/// The value of `name` in a recorded path's query, percent-decoding left out.
+fn query_param<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path_and_query.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// The upload session's path (`/v2/<name>/blobs/uploads/<uuid>`).
+fn session_of(path_and_query: &str) -> &str {
+    path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path)
 }
