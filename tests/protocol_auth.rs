@@ -217,8 +217,8 @@ fn expired_token_is_fetched_again_once() {
     );
     for &i in &rejected {
         let failed = &records[i];
-        // Other requests (another blob's PUT, say) may be answered between
-        // a rejected request and its retry, so search forward for the retry.
+        // The proxy may record other requests (another blob's PUT, say)
+        // between a rejected request and its retry, so search forward.
         let later = &records[i + 1..];
         // A streamed blob PUT cannot be sent again; the blob is retried
         // whole, starting with a new upload session.
@@ -540,7 +540,7 @@ fn trace_output_contains_no_secret() {
     }
 }
 
-/// The value of `name` in a recorded path's query, percent-decoding left out.
+/// Returns the raw (still percent-encoded) value of `name` in a query.
 fn query_param<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     let (_, query) = path_and_query.split_once('?')?;
     query
@@ -548,7 +548,7 @@ fn query_param<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// The upload session's path (`/v2/<name>/blobs/uploads/<uuid>`).
+/// Strips the query, leaving the upload session's path.
 fn session_of(path_and_query: &str) -> &str {
     path_and_query
         .split_once('?')
