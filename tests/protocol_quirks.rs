@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use testkit::certs::Ca;
 use testkit::image::{
     docker_image, docker_layer_from_files, docker_list, oci_image, random_layer, sample_image,
-    sample_index, Blob, Platform, Pusher,
+    sample_index, sha256_digest, Blob, Platform, Pusher,
 };
 use testkit::proxy::{FaultProxy, Faults, STORAGE_QUERY};
 use testkit::registry::{Registry, RegistryOptions};
@@ -394,6 +394,76 @@ fn schema1_fails_only_that_image() {
         Some(modern.digest.clone())
     );
     assert_eq!(copy.manifest_digest("legacy/app", "old"), None);
+}
+
+/// Fetches a manifest's bytes and `Docker-Content-Digest` with the schema1
+/// type accepted, as a schema1-aware client would.
+fn schema1_bytes(registry: &Registry, repo: &str, tag: &str) -> (Vec<u8>, String) {
+    let response = Pusher::new(registry)
+        .request(
+            reqwest::Method::GET,
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &|r| {
+                r.header(
+                    "Accept",
+                    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+                )
+            },
+        )
+        .unwrap();
+    let digest = response
+        .headers()
+        .get("docker-content-digest")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    (response.bytes().unwrap().to_vec(), digest)
+}
+
+fn before_signatures(manifest: &[u8]) -> &[u8] {
+    let text = std::str::from_utf8(manifest).unwrap();
+    let end = text.find("\"signatures\"").expect("a signed manifest");
+    &manifest[..end]
+}
+
+#[test]
+fn schema1_copied_with_payload_digest() {
+    let with_schema1 = RegistryOptions {
+        schema1: true,
+        ..RegistryOptions::default()
+    };
+    let source = Registry::start_with(with_schema1.clone());
+    let pushed = push_schema1(&source, "legacy/app", "old");
+    let (source_bytes, source_digest) = schema1_bytes(&source, "legacy/app", "old");
+    assert_eq!(source_digest, pushed);
+    // The registry's digest covers the signed payload, not the whole body.
+    assert_ne!(sha256_digest(&source_bytes), source_digest);
+    let destination = Registry::start_with(with_schema1);
+    let dir = TempDir::new().unwrap();
+    let rules = copy_rules(
+        dir.path(),
+        &source.host(),
+        &destination.host(),
+        "legacy/app",
+    );
+    let syncer = Syncer::new();
+
+    let run = apply(&syncer, &rules).expect_code(0);
+
+    assert!(run.stdout.contains("2 created"), "{}", run.stdout);
+    let (copied_bytes, copied_digest) = schema1_bytes(&destination, "legacy/app", "old");
+    assert_eq!(copied_digest, source_digest);
+    // Each registry signs schema1 manifests again with its own key when
+    // serving them, so only the part before the signatures is comparable.
+    assert_eq!(
+        before_signatures(&copied_bytes),
+        before_signatures(&source_bytes)
+    );
+    let puts = destination.count_requests("PUT", "");
+    let again = apply(&syncer, &rules).expect_code(0);
+    assert!(again.stdout.contains("No changes."), "{}", again.stdout);
+    assert_eq!(destination.count_requests("PUT", ""), puts);
 }
 
 #[test]

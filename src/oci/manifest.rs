@@ -4,10 +4,12 @@
 //! registry returned, so the bytes travel unchanged from source to
 //! destination and the parsed view below is only read from.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Digest, MediaType};
+use super::{Algorithm, Digest, MediaType};
 
 /// A manifest's exact bytes with the media type they were served as.
 #[derive(Clone, Debug)]
@@ -51,8 +53,8 @@ pub enum ManifestError {
     },
     #[error("unsupported manifest media type {0:?}")]
     Unsupported(String),
-    #[error("Docker schema1 manifests cannot be copied: destinations reject them unless schema1 is enabled, and their signed bytes change on every read")]
-    Schema1,
+    #[error("invalid signed Docker schema1 manifest: {0}")]
+    Schema1Signature(String),
 }
 
 #[derive(Deserialize)]
@@ -66,6 +68,59 @@ struct ImageFields {
 struct IndexFields {
     #[serde(default)]
     manifests: Vec<Descriptor>,
+}
+
+/// Fields of a Docker schema1 manifest. Its layers carry no size and its
+/// image configuration is inline, so there is no config blob.
+#[derive(Deserialize)]
+struct Schema1Fields {
+    #[serde(rename = "fsLayers", default)]
+    fs_layers: Vec<Schema1Layer>,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    history: Vec<Schema1History>,
+}
+
+#[derive(Deserialize)]
+struct Schema1History {
+    /// The layer's image configuration, as a JSON string.
+    #[serde(rename = "v1Compatibility", default)]
+    v1_compatibility: String,
+}
+
+#[derive(Deserialize)]
+struct Schema1Os {
+    #[serde(default)]
+    os: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Schema1Layer {
+    #[serde(rename = "blobSum")]
+    blob_sum: Digest,
+}
+
+/// Signature fields of a signed schema1 manifest (a JSON Web Signature
+/// in libtrust's layout).
+#[derive(Deserialize)]
+struct Schema1Signatures {
+    #[serde(default)]
+    signatures: Vec<Schema1Signature>,
+}
+
+#[derive(Deserialize)]
+struct Schema1Signature {
+    protected: String,
+}
+
+/// Decoded `protected` header: how to rebuild the signed payload.
+#[derive(Deserialize)]
+struct Schema1Protected {
+    #[serde(rename = "formatLength")]
+    format_length: usize,
+    #[serde(rename = "formatTail")]
+    format_tail: String,
 }
 
 #[derive(Deserialize)]
@@ -84,10 +139,7 @@ impl Manifest {
     /// Wraps received bytes. When the registry sent no usable
     /// `Content-Type`, the type comes from the manifest's `mediaType` field.
     pub fn new(bytes: Bytes, content_type: Option<&str>, digest: Digest) -> Self {
-        let media_type = match content_type {
-            Some(t) if !t.is_empty() && t != "application/json" => MediaType::new(t),
-            _ => sniff_media_type(&bytes),
-        };
+        let media_type = Self::media_type_of(&bytes, content_type);
         Manifest {
             bytes,
             media_type,
@@ -95,9 +147,34 @@ impl Manifest {
         }
     }
 
+    /// Returns the media type of manifest bytes served with `content_type`,
+    /// read from the body when the registry sent no usable type.
+    pub fn media_type_of(bytes: &[u8], content_type: Option<&str>) -> MediaType {
+        match content_type {
+            Some(t) if !t.is_empty() && t != "application/json" => MediaType::new(t),
+            _ => sniff_media_type(bytes),
+        }
+    }
+
     /// Blob descriptors of an image manifest: config first, then layers.
+    /// Schema1 layers come with size 0, meaning unknown, because schema1
+    /// records no sizes.
     pub fn blobs(&self) -> Result<Vec<Descriptor>, ManifestError> {
         self.check_supported()?;
+        if self.media_type.is_schema1() {
+            let fields: Schema1Fields = self.parse()?;
+            return Ok(fields
+                .fs_layers
+                .into_iter()
+                .map(|layer| Descriptor {
+                    media_type: MediaType::new(SCHEMA1_LAYER),
+                    digest: layer.blob_sum,
+                    size: 0,
+                    platform: None,
+                    urls: Vec::new(),
+                })
+                .collect());
+        }
         if !self.media_type.is_image() {
             return Ok(Vec::new());
         }
@@ -116,11 +193,29 @@ impl Manifest {
         Ok(self.parse::<IndexFields>()?.manifests)
     }
 
-    fn check_supported(&self) -> Result<(), ManifestError> {
-        if self.media_type.is_schema1() {
-            return Err(ManifestError::Schema1);
+    /// Returns the platform of a schema1 manifest, `None` for every other
+    /// kind. The OS comes from the newest history entry, Linux when absent.
+    pub fn schema1_platform(&self) -> Option<Platform> {
+        if !self.media_type.is_schema1() {
+            return None;
         }
-        if !self.media_type.is_image() && !self.media_type.is_index() {
+        let fields = self.parse::<Schema1Fields>().ok()?;
+        let os = fields
+            .history
+            .first()
+            .and_then(|h| serde_json::from_str::<Schema1Os>(&h.v1_compatibility).ok())
+            .and_then(|c| c.os)
+            .unwrap_or_else(|| "linux".to_string());
+        Some(Platform {
+            os,
+            architecture: fields.architecture,
+            variant: None,
+        })
+    }
+
+    fn check_supported(&self) -> Result<(), ManifestError> {
+        let media_type = &self.media_type;
+        if !media_type.is_image() && !media_type.is_index() && !media_type.is_schema1() {
             return Err(ManifestError::Unsupported(self.media_type.to_string()));
         }
         Ok(())
@@ -132,6 +227,49 @@ impl Manifest {
             source,
         })
     }
+}
+
+/// Layer media type given to schema1 layers, which name none.
+const SCHEMA1_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+
+/// Computes the digest registries give a manifest. For a signed schema1
+/// manifest that is the digest of the signed payload, which leaves out the
+/// `signatures` block, so it stays the same when the manifest is signed
+/// again. For every other manifest it is the digest of the bytes.
+pub fn content_digest(
+    bytes: &[u8],
+    media_type: &MediaType,
+    algorithm: Algorithm,
+) -> Result<Digest, ManifestError> {
+    if media_type.essence() != MediaType::DOCKER_SCHEMA1_SIGNED {
+        return Ok(Digest::compute(algorithm, bytes));
+    }
+    let payload = schema1_payload(bytes)?;
+    Ok(Digest::compute(algorithm, &payload))
+}
+
+/// Rebuilds the payload a schema1 signature covers: the first
+/// `formatLength` bytes followed by the decoded `formatTail`.
+fn schema1_payload(bytes: &[u8]) -> Result<Vec<u8>, ManifestError> {
+    let invalid = |reason: &str| ManifestError::Schema1Signature(reason.to_string());
+    let signed: Schema1Signatures = serde_json::from_slice(bytes)
+        .map_err(|e| ManifestError::Schema1Signature(e.to_string()))?;
+    let first = signed
+        .signatures
+        .first()
+        .ok_or_else(|| invalid("no signatures"))?;
+    let protected = URL_SAFE_NO_PAD
+        .decode(first.protected.trim_end_matches('='))
+        .map_err(|_| invalid("protected header is not base64url"))?;
+    let protected: Schema1Protected = serde_json::from_slice(&protected)
+        .map_err(|e| ManifestError::Schema1Signature(format!("protected header: {e}")))?;
+    let tail = URL_SAFE_NO_PAD
+        .decode(protected.format_tail.trim_end_matches('='))
+        .map_err(|_| invalid("formatTail is not base64url"))?;
+    let head = bytes
+        .get(..protected.format_length)
+        .ok_or_else(|| invalid("formatLength is past the end of the manifest"))?;
+    Ok([head, &tail[..]].concat())
 }
 
 /// Guesses a media type from the manifest body, for registries that send
@@ -188,10 +326,70 @@ mod tests {
         assert_eq!(platform.variant.as_deref(), Some("v8"));
     }
 
+    /// Builds a schema1 manifest signed in libtrust's layout: the payload, then
+    /// a `signatures` block spliced in before its closing brace.
+    fn signed_schema1(payload: &str, signature: &str) -> Vec<u8> {
+        let cut = payload.rfind('\n').unwrap();
+        let tail = &payload[cut..];
+        let protected = format!(
+            r#"{{"formatLength":{cut},"formatTail":"{}","time":"2026-01-01T00:00:00Z"}}"#,
+            URL_SAFE_NO_PAD.encode(tail)
+        );
+        let block = format!(
+            r#",
+   "signatures": [{{"header": {{"alg": "ES256"}}, "signature": "{signature}", "protected": "{}"}}]"#,
+            URL_SAFE_NO_PAD.encode(protected)
+        );
+        format!("{}{block}{tail}", &payload[..cut]).into_bytes()
+    }
+
     #[test]
-    fn schema1_is_rejected_with_reason() {
+    fn schema1_digest_ignores_signatures() {
+        let layer = Digest::sha256(b"layer");
+        let payload = format!(
+            "{{\n   \"schemaVersion\": 1,\n   \"architecture\": \"arm64\",\n   \"fsLayers\": [{{\"blobSum\": \"{layer}\"}}, {{\"blobSum\": \"{layer}\"}}]\n}}"
+        );
+        let signed = MediaType::new(MediaType::DOCKER_SCHEMA1_SIGNED);
+        let first = signed_schema1(&payload, "c2lnbmF0dXJlLTE");
+        let second = signed_schema1(&payload, "b3RoZXItc2lnbmF0dXJl");
+        assert_ne!(first, second);
+
+        let expected = Digest::sha256(payload.as_bytes());
+        let digest = content_digest(&first, &signed, Algorithm::Sha256).unwrap();
+        assert_eq!(digest, expected);
+        let again = content_digest(&second, &signed, Algorithm::Sha256).unwrap();
+        assert_eq!(again, expected);
+
+        let m = Manifest::new(
+            Bytes::from(first),
+            Some(MediaType::DOCKER_SCHEMA1_SIGNED),
+            digest,
+        );
+        let blobs = m.blobs().unwrap();
+        assert_eq!(blobs.len(), 2);
+        assert_eq!(blobs[0].digest, layer);
+        assert_eq!(blobs[0].size, 0);
+        let platform = m.schema1_platform().unwrap();
+        assert_eq!(platform.architecture, "arm64");
+        assert_eq!(platform.os, "linux");
+        assert!(m.children().unwrap().is_empty());
+    }
+
+    #[test]
+    fn schema1_is_recognised_from_body() {
         let m = manifest(r#"{"schemaVersion":1}"#, "application/json");
         assert!(m.media_type.is_schema1());
-        assert!(matches!(m.blobs(), Err(ManifestError::Schema1)));
+    }
+
+    #[test]
+    fn schema1_without_signatures_is_invalid() {
+        let signed = MediaType::new(MediaType::DOCKER_SCHEMA1_SIGNED);
+        let error = content_digest(br#"{"schemaVersion":1}"#, &signed, Algorithm::Sha256);
+        assert!(matches!(error, Err(ManifestError::Schema1Signature(_))));
+
+        let unsigned = MediaType::new(MediaType::DOCKER_SCHEMA1);
+        let bytes = br#"{"schemaVersion":1}"#;
+        let digest = content_digest(bytes, &unsigned, Algorithm::Sha256).unwrap();
+        assert_eq!(digest, Digest::sha256(bytes));
     }
 }

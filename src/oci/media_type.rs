@@ -53,7 +53,7 @@ impl MediaType {
     }
 
     /// The type without parameters such as `; charset=utf-8`.
-    fn essence(&self) -> &str {
+    pub(crate) fn essence(&self) -> &str {
         self.0.split(';').next().unwrap_or("").trim()
     }
 }

@@ -8,7 +8,7 @@ mod media_type;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
-pub use manifest::{Descriptor, Manifest, ManifestError, Platform};
+pub use manifest::{content_digest, Descriptor, Manifest, ManifestError, Platform};
 pub use media_type::MediaType;
 pub use reference::{
     is_valid_repository, is_valid_tag, split_registry, split_target, Reference, ReferenceError,

@@ -287,8 +287,9 @@ async fn fill_trees(
             .await;
             match tree {
                 Ok(_) => Ok(None),
-                // Content this tool cannot copy, such as a schema1 manifest,
-                // fails that image at apply time and leaves the rest alone.
+                // Content this tool cannot copy, such as a manifest of an
+                // unknown media type, fails that image at apply time and
+                // leaves the rest alone.
                 Err(RegistryError::Manifest(error)) => Ok(Some(format!(
                     "{registry}/{repository}@{digest}: cannot be copied: {error}"
                 ))),

@@ -174,6 +174,9 @@ async fn select_image(
     manifest: &Manifest,
     platforms: &[PlatformSpec],
 ) -> Result<Selection, RegistryError> {
+    if let Some(platform) = manifest.schema1_platform() {
+        return Ok(match_platform(&platform, platforms));
+    }
     let Some(config) = manifest.blobs()?.into_iter().next() else {
         return Ok(Selection::Whole);
     };
@@ -202,14 +205,18 @@ async fn select_image(
             )))
         }
     };
-    if platforms.iter().any(|p| p.matches(&platform)) {
-        Ok(Selection::Whole)
+    Ok(match_platform(&platform, platforms))
+}
+
+fn match_platform(platform: &Platform, platforms: &[PlatformSpec]) -> Selection {
+    if platforms.iter().any(|p| p.matches(platform)) {
+        Selection::Whole
     } else {
-        Ok(Selection::Skip(format!(
+        Selection::Skip(format!(
             "image is {}, not one of platforms {}",
-            describe_platform(&platform),
+            describe_platform(platform),
             list(platforms)
-        )))
+        ))
     }
 }
 

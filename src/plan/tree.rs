@@ -121,10 +121,14 @@ fn collect<'a>(
     seen: &'a mut HashSet<Digest>,
 ) -> Collecting<'a> {
     Box::pin(async move {
-        for blob in manifest.blobs()? {
+        for mut blob in manifest.blobs()? {
             if is_foreign(&blob) {
                 tree.foreign.push(blob);
             } else if seen.insert(blob.digest.clone()) {
+                // Schema1 records no sizes, and uploads need one up front.
+                if manifest.media_type.is_schema1() {
+                    blob.size = client.blob_size(repository, &blob.digest).await?;
+                }
                 tree.blobs.push(blob);
             }
         }

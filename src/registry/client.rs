@@ -18,7 +18,9 @@ use super::auth::Scope;
 use super::error::RequestInfo;
 use super::transport::{Reply, Req, Transport};
 use super::{ConnectionSettings, RegistryError};
-use crate::oci::{Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target};
+use crate::oci::{
+    content_digest, Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target,
+};
 
 /// Largest catalog page Docker Distribution accepts. Above it, 2.8.2
 /// returns 400 `PAGINATION_NUMBER_INVALID`.
@@ -204,6 +206,7 @@ impl RegistryClient {
 
     /// Fetches a manifest's exact bytes. A manifest fetched by digest must
     /// hash to it; one fetched by tag must match `Docker-Content-Digest`.
+    /// A signed schema1 manifest is checked by its signed payload.
     pub async fn get_manifest(
         &self,
         repository: &Repository,
@@ -225,16 +228,12 @@ impl RegistryClient {
         let algorithm = expected
             .as_ref()
             .map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
-        let actual = Digest::compute(algorithm, &body);
-        let manifest = Manifest::new(
-            body,
-            header_str(&headers, CONTENT_TYPE.as_str()),
-            actual.clone(),
-        );
+        let content_type = header_str(&headers, CONTENT_TYPE.as_str());
+        let media_type = Manifest::media_type_of(&body, content_type);
+        let actual = content_digest(&body, &media_type, algorithm)?;
+        let manifest = Manifest::new(body, content_type, actual.clone());
         match expected {
-            // Signed schema1 manifests are re-signed on every GET, so their
-            // bytes never match the header; they are rejected later anyway.
-            Some(expected) if expected != actual && !manifest.media_type.is_schema1() => {
+            Some(expected) if expected != actual => {
                 Err(RegistryError::DigestMismatch { expected, actual })
             }
             _ => Ok(manifest),
@@ -253,7 +252,17 @@ impl RegistryClient {
         let req = Req::new(Method::PUT, url, Scope::push(repository.as_str()))
             .header(CONTENT_TYPE, manifest.media_type.as_str())
             .body(manifest.bytes.clone());
-        let reply = self.transport.send(&req).await?;
+        let reply = match self.transport.send(&req).await {
+            Ok(reply) => reply,
+            // Docker Distribution 2.8.2 without schema1 support returns 500
+            // UNKNOWN, which hides the cause, so the error names it.
+            Err(error) if manifest.media_type.is_schema1() && error.status().is_some() => {
+                return Err(RegistryError::Schema1Refused {
+                    source: Box::new(error),
+                })
+            }
+            Err(error) => return Err(error),
+        };
         let stored = header_str(reply.response.headers(), "docker-content-digest")
             .and_then(|d| d.parse::<Digest>().ok());
         match stored {
@@ -319,6 +328,33 @@ impl RegistryClient {
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Returns a blob's size from a HEAD request's `Content-Length`, for
+    /// manifests that do not record sizes (schema1).
+    pub async fn blob_size(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<u64, RegistryError> {
+        let url = self
+            .transport
+            .url(&format!("v2/{repository}/blobs/{digest}"));
+        let info = RequestInfo::new(&Method::HEAD, &url);
+        let reply = self
+            .transport
+            .send(&Req::new(
+                Method::HEAD,
+                url,
+                Scope::pull(repository.as_str()),
+            ))
+            .await?;
+        header_str(reply.response.headers(), CONTENT_LENGTH.as_str())
+            .and_then(|length| length.parse().ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                request: info,
+                reason: format!("blob {digest} HEAD reply has no Content-Length"),
+            })
     }
 
     /// Opens a streaming read of a blob that checks its size and digest,

@@ -139,6 +139,11 @@ pub enum RegistryError {
         last: std::sync::Arc<RegistryError>,
         attempts: u32,
     },
+    /// A failed push of a Docker schema1 manifest. Registries often
+    /// reject schema1 (Docker Distribution unless
+    /// `compatibility.schema1.enabled` is set), so the message names that cause.
+    #[error("{source}; the destination may not accept Docker schema1 manifests (Docker Distribution needs `compatibility.schema1.enabled: true`)")]
+    Schema1Refused { source: Box<RegistryError> },
     #[error("invalid settings for registry {registry}: {reason}")]
     Settings { registry: String, reason: String },
 }
