@@ -82,8 +82,10 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    #[command(flatten)]
-    pub rules: RulesArg,
+    /// Rules file, or folder whose *.yaml and *.yml files are read in name order
+    /// [default: the rules a saved `--plan` was made from, else `rules`].
+    #[arg(value_name = "RULES")]
+    pub rules: Option<PathBuf>,
     /// Apply without asking for confirmation (required when stdin is not a terminal).
     #[arg(long)]
     pub auto_approve: bool,

@@ -78,8 +78,18 @@ rules:
         ),
     );
     let syncer = Syncer::new().env("AUTH_PASSWORD", PASSWORD);
+    let saved = dir.path().join("plan.json");
+    let saved = saved.to_str().unwrap();
 
-    apply(&syncer, &rules).expect_code(0);
+    // A saved plan covers both paths: planning, then the staleness check
+    // and the copy. Apply gets no rules argument, so it must read the rules
+    // the plan names (the working folder's `rules/` would fail).
+    syncer
+        .run(&["plan", "--out", saved, rules.to_str().unwrap()])
+        .expect_code(0);
+    syncer
+        .run(&["apply", "--auto-approve", "--plan", saved])
+        .expect_code(0);
 
     let requested = requested_scopes(&server);
     let allowed: BTreeSet<String> = [

@@ -2,6 +2,7 @@
 //! is still current), confirm, copy, report.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tracing::{info, warn};
@@ -15,6 +16,9 @@ use crate::plan::saved::{find_moved, Moved, SavedPlan};
 use crate::plan::{render, Plan};
 use crate::registry::Registries;
 
+/// Rules path used when none is given.
+const DEFAULT_RULES: &str = "rules";
+
 /// Attempts per blob copy, the first included.
 const BLOB_ATTEMPTS: u32 = 3;
 
@@ -26,19 +30,30 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
         eprintln!("Error: apply needs confirmation, but stdin is not a terminal. Review the plan with `syncer plan`, then run `syncer apply --auto-approve`.");
         return Ok(Exit::Failure);
     }
-    let rules = match load_rules(&args.rules.rules) {
+    let saved = match &args.plan {
+        Some(path) => Some((path, SavedPlan::read(path)?)),
+        None => None,
+    };
+    // Like `terraform apply PLANFILE`, a saved plan needs no rules argument:
+    // it names the rules it was made from, whose registry settings apply.
+    let rules_path = match (&args.rules, &saved) {
+        (Some(path), _) => path.clone(),
+        (None, Some((_, saved))) => PathBuf::from(&saved.rules),
+        (None, None) => PathBuf::from(DEFAULT_RULES),
+    };
+    let rules = match load_rules(&rules_path) {
         Ok(rules) => rules,
         Err(exit) => return Ok(exit),
     };
 
-    let _lock = match take_lock(args)? {
+    let _lock = match take_lock(args, &rules_path)? {
         Ok(lock) => lock,
         Err(exit) => return Ok(exit),
     };
 
     let registries = registries(&rules);
-    let plan = match &args.plan {
-        Some(path) => load_saved_plan(path, args, &registries).await?,
+    let plan = match saved {
+        Some((path, saved)) => load_saved_plan(path, saved, &rules_path, args, &registries).await?,
         None => make_plan(&rules, &registries, args.jobs.into(), args.shard).await,
     };
     let plan = match plan {
@@ -78,10 +93,10 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
 
 /// Takes the lock for the rules and shard, or returns [`Exit::Locked`]
 /// after printing who holds it.
-fn take_lock(args: &ApplyArgs) -> anyhow::Result<Result<ApplyLock, Exit>> {
+fn take_lock(args: &ApplyArgs, rules: &Path) -> anyhow::Result<Result<ApplyLock, Exit>> {
     let path = match &args.lock_file {
         Some(path) => path.clone(),
-        None => lock::default_path(&args.rules.rules, args.shard),
+        None => lock::default_path(rules, args.shard),
     };
     match lock::acquire(&path) {
         Ok(lock) => {
@@ -100,13 +115,13 @@ fn take_lock(args: &ApplyArgs) -> anyhow::Result<Result<ApplyLock, Exit>> {
 /// HEADs every digest it recorded again. Any digest that moved rejects the
 /// whole plan before anything is written.
 async fn load_saved_plan(
-    path: &std::path::Path,
+    path: &Path,
+    saved: SavedPlan,
+    rules: &Path,
     args: &ApplyArgs,
     registries: &Registries,
 ) -> anyhow::Result<Result<Plan, Exit>> {
-    let saved = SavedPlan::read(path)?;
-    let rules =
-        std::fs::canonicalize(&args.rules.rules).unwrap_or_else(|_| args.rules.rules.clone());
+    let rules = std::fs::canonicalize(rules).unwrap_or_else(|_| rules.to_path_buf());
     if saved.rules != rules.display().to_string() {
         warn!(
             planned_with = %saved.rules,
@@ -138,7 +153,7 @@ async fn load_saved_plan(
     Ok(Ok(plan))
 }
 
-fn print_moved(path: &std::path::Path, moved: &[Moved]) {
+fn print_moved(path: &Path, moved: &[Moved]) {
     eprintln!(
         "Error: the saved plan {} is stale: {} reference{} moved since it was made, so nothing was applied. Make a new plan.",
         path.display(),

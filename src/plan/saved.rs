@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Plan, PlanError};
 use crate::oci::{Digest, Reference};
-use crate::registry::Registries;
+use crate::registry::{Access, Registries};
 
 /// Version of the plan file layout. A reader rejects any other version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -121,23 +121,26 @@ pub async fn find_moved(
     registries: &Registries,
     jobs: usize,
 ) -> Result<Vec<Moved>, Vec<PlanError>> {
-    let mut expected: BTreeMap<Reference, Option<Digest>> = BTreeMap::new();
+    // Destinations are checked with the push access that apply requests next,
+    // so a token server sees the same scopes as during the run.
+    let mut expected: BTreeMap<Reference, (Option<Digest>, Access)> = BTreeMap::new();
     for op in &plan.operations {
         if let Some(digest) = &op.source_digest {
             expected
                 .entry(op.source.clone())
-                .or_insert(Some(digest.clone()));
+                .or_insert((Some(digest.clone()), Access::Pull));
         }
         expected
             .entry(op.destination.clone())
-            .or_insert(op.destination_digest.clone());
+            .and_modify(|(_, access)| *access = Access::Push)
+            .or_insert((op.destination_digest.clone(), Access::Push));
     }
     let results: Vec<_> = stream::iter(expected)
-        .map(|(reference, planned)| async move {
+        .map(|(reference, (planned, access))| async move {
             let head = async {
                 registries
                     .client(&reference.registry)?
-                    .head_manifest(&reference.repository, &reference.target)
+                    .head_manifest_as(&reference.repository, &reference.target, access)
                     .await
             }
             .await;
