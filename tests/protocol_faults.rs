@@ -406,6 +406,7 @@ fn every_fault() -> Faults {
         relative_location: true,
         paginate_tags: Some(2),
         lose_patch_reply: 2,
+        delay: Some(Duration::from_millis(5)),
     }
 }
 
@@ -468,4 +469,96 @@ fn every_fault_at_once_converges() {
         puts_before,
         "second run wrote to the destination"
     );
+}
+
+/// Starts a source of one image with `layers` small layers behind a proxy
+/// that delays every request by 40 ms, so concurrent requests overlap there.
+fn slow_source(layers: u64) -> (Registry, FaultProxy, Faults) {
+    let source = Registry::start();
+    let blobs = (0..layers).map(|i| random_layer(4096, 700 + i)).collect();
+    let image = oci_image(blobs, Platform::linux("amd64"));
+    Pusher::new(&source).push_image("wide/app", "v1", &image);
+    let faults = Faults {
+        delay: Some(Duration::from_millis(40)),
+        ..Faults::default()
+    };
+    let proxy = FaultProxy::start(&source.base_url(), faults.clone());
+    (source, proxy, faults)
+}
+
+/// Copies `wide/app` from the proxy with `settings` for the proxy's
+/// registry, at 8 jobs, and returns the in-flight counts at each arrival.
+fn wide_copy(proxy: &FaultProxy, settings: &str) -> Vec<usize> {
+    let destination = Registry::start();
+    let dir = TempDir::new().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    let text = format!(
+        "registries:\n  {src}: {{tls: disabled, {settings}}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {src}/wide/app\n    destinations: [{dst}/wide/app]\n",
+        src = proxy.host(),
+        dst = destination.host()
+    );
+    std::fs::write(&rules, text).unwrap();
+    proxy.clear_requests();
+    Syncer::new()
+        .run(&[
+            "apply",
+            "--auto-approve",
+            "--jobs",
+            "8",
+            rules.to_str().unwrap(),
+        ])
+        .expect_code(0);
+    proxy.in_flight_at_arrival()
+}
+
+#[test]
+fn max_concurrency_bounds_requests() {
+    let (_source, proxy, _) = slow_source(16);
+
+    let bounded = wide_copy(&proxy, "max_concurrency: 2");
+    let open = wide_copy(&proxy, "max_concurrency: 8");
+
+    let max = |counts: &[usize]| counts.iter().copied().max().unwrap_or(0);
+    assert!(bounded.len() > 16, "only {} requests", bounded.len());
+    assert_eq!(max(&bounded), 2, "{bounded:?}");
+    // Without the bound the same copy overlaps more, so the proxy does see
+    // concurrency when there is some.
+    assert!(max(&open) > 2, "{open:?}");
+}
+
+#[test]
+fn too_many_requests_lower_concurrency() {
+    let (_source, proxy, faults) = slow_source(24);
+    let calm = wide_copy(&proxy, "max_concurrency: 6");
+    // The 429s go to blob reads, which run side by side, so every permit
+    // is in use when they arrive.
+    proxy.set_faults(Faults {
+        too_many_requests: 4,
+        retry_after: RetryAfter::Seconds(0),
+        fault_path_contains: Some("/blobs/".into()),
+        ..faults
+    });
+
+    let throttled = wide_copy(&proxy, "max_concurrency: 6");
+
+    let rejected = setup_fault_count(&proxy, &FaultKind::TooManyRequests);
+    assert_eq!(rejected, 4);
+    // Requests admitted before the 429s may still be in flight for a
+    // while, so the window starts after them. Four 429s withhold four of
+    // six permits, and only 20 successes give one back.
+    let window =
+        |counts: &[usize]| -> usize { counts.iter().skip(12).take(20).copied().max().unwrap_or(0) };
+    assert!(window(&calm) > 3, "calm run never overlapped: {calm:?}");
+    assert!(
+        window(&throttled) <= 3,
+        "concurrency stayed high after 429s: {throttled:?}"
+    );
+}
+
+fn setup_fault_count(proxy: &FaultProxy, kind: &FaultKind) -> usize {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.fault.as_ref() == Some(kind))
+        .count()
 }

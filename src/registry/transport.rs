@@ -100,7 +100,7 @@ impl Transport {
             auth: Authenticator::new(registry, settings.credentials.clone(), http.clone()),
             http,
             limit: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
-            throttle: Throttle::default(),
+            throttle: Throttle::new(settings.max_concurrency.max(1)),
             rate: settings.requests_per_second.map(RateLimiter::new),
             max_attempts: settings.max_attempts.max(1),
         })
@@ -264,11 +264,18 @@ impl Transport {
     }
 
     async fn acquire(&self) -> OwnedSemaphorePermit {
-        self.limit
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed")
+        loop {
+            let permit = self
+                .limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            if !self.throttle.take_owed() {
+                return permit;
+            }
+            permit.forget();
+        }
     }
 
     /// Resolves a path or a `Location` value against the registry's base URL.
@@ -400,44 +407,81 @@ fn backoff(attempt: u32) -> Duration {
     half + half.mul_f64(rand::thread_rng().gen::<f64>())
 }
 
-/// Lowers a registry's concurrency while it returns 429: each 429 takes one
-/// permit out of the semaphore (never the last), and every 20 successes
-/// give one back.
-#[derive(Default)]
+/// Lowers a registry's concurrency while it returns 429. Each 429 withholds
+/// one permit (never the last), and every 20 successes give one back. A
+/// withheld permit that is in use when the 429 arrives is owed, and the
+/// next request to acquire one gives it up instead of sending.
 struct Throttle {
-    withheld: Mutex<(usize, u32)>,
+    /// Permits the semaphore was created with.
+    capacity: usize,
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Default)]
+struct ThrottleState {
+    /// Permits taken out of use, both forgotten and owed.
+    withheld: usize,
+    /// Withheld permits still in use, to forget when they are next acquired.
+    owed: usize,
+    /// Successes since the last 429 or the last permit returned.
+    successes: u32,
 }
 
 /// Successes needed before one withheld permit is returned.
 const SUCCESSES_PER_PERMIT: u32 = 20;
 
 impl Throttle {
-    fn on_too_many_requests(&self, limit: &Semaphore, registry: &str) {
-        let mut state = self.withheld.lock().expect("throttle lock poisoned");
-        let available = limit.available_permits();
-        if available > 1 {
-            limit.forget_permits(1);
-            state.0 += 1;
-            state.1 = 0;
-            debug!(
-                registry,
-                withheld = state.0,
-                "registry answered 429, lowering concurrency"
-            );
+    fn new(capacity: usize) -> Self {
+        Throttle {
+            capacity,
+            state: Mutex::new(ThrottleState::default()),
         }
     }
 
-    fn on_success(&self, limit: &Semaphore) {
-        let mut state = self.withheld.lock().expect("throttle lock poisoned");
-        if state.0 == 0 {
+    fn on_too_many_requests(&self, limit: &Semaphore, registry: &str) {
+        let mut state = self.state.lock().expect("throttle lock poisoned");
+        state.successes = 0;
+        if state.withheld + 1 >= self.capacity {
             return;
         }
-        state.1 += 1;
-        if state.1 >= SUCCESSES_PER_PERMIT {
-            limit.add_permits(1);
-            state.0 -= 1;
-            state.1 = 0;
+        state.withheld += 1;
+        if limit.forget_permits(1) == 0 {
+            state.owed += 1;
         }
+        debug!(
+            registry,
+            withheld = state.withheld,
+            "registry returned 429, lowering concurrency"
+        );
+    }
+
+    fn on_success(&self, limit: &Semaphore) {
+        let mut state = self.state.lock().expect("throttle lock poisoned");
+        if state.withheld == 0 {
+            return;
+        }
+        state.successes += 1;
+        if state.successes < SUCCESSES_PER_PERMIT {
+            return;
+        }
+        state.successes = 0;
+        state.withheld -= 1;
+        if state.owed > 0 {
+            state.owed -= 1;
+        } else {
+            limit.add_permits(1);
+        }
+    }
+
+    /// Takes one owed permit, if any: the caller then forgets the permit
+    /// it just acquired.
+    fn take_owed(&self) -> bool {
+        let mut state = self.state.lock().expect("throttle lock poisoned");
+        if state.owed == 0 {
+            return false;
+        }
+        state.owed -= 1;
+        true
     }
 }
 

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::thread::JoinHandle;
@@ -339,6 +340,10 @@ pub struct Faults {
     /// state on), upstream's reply is read, and then the client's
     /// connection is closed without any reply.
     pub lose_patch_reply: u32,
+    /// Every request to the proxy listener waits this long before any
+    /// other fault or upstream sees it, so that concurrent requests
+    /// overlap and [`FaultProxy::in_flight_at_arrival`] can count them.
+    pub delay: Option<Duration>,
 }
 
 /// Which fault, if any, shaped the answer to a request.
@@ -450,6 +455,8 @@ impl FaultProxy {
             records: Mutex::new(Vec::new()),
             storage_records: Mutex::new(Vec::new()),
             tickets: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            arrivals: Mutex::new(Vec::new()),
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(HttpConnector::new()),
@@ -457,7 +464,13 @@ impl FaultProxy {
         let s1 = shared.clone();
         let proxy_handler: Handler = Arc::new(move |req| {
             let s = s1.clone();
-            Box::pin(async move { handle_proxy(s, req).await.map_err(HandlerError::from_box) })
+            Box::pin(async move {
+                let _counted = InFlight::enter(&s);
+                if let Some(delay) = s.faults().delay {
+                    tokio::time::sleep(delay).await;
+                }
+                handle_proxy(s, req).await.map_err(HandlerError::from_box)
+            })
         });
         let s2 = shared.clone();
         let storage_handler: Handler = Arc::new(move |req| {
@@ -515,10 +528,19 @@ impl FaultProxy {
         lock(&self.shared.storage_records).clone()
     }
 
+    /// Returns how many requests the proxy listener was handling as each
+    /// request arrived (itself included), in order of arrival. A request
+    /// counts from its arrival until its answer's status and headers are
+    /// ready, so a streamed upload counts until upstream has read its body.
+    pub fn in_flight_at_arrival(&self) -> Vec<usize> {
+        lock(&self.shared.arrivals).clone()
+    }
+
     /// Forgets the recorded requests (both listeners).
     pub fn clear_requests(&self) {
         lock(&self.shared.records).clear();
         lock(&self.shared.storage_records).clear();
+        lock(&self.shared.arrivals).clear();
     }
 
     /// Replaces the faults and resets every fault counter (so the first N
@@ -544,6 +566,28 @@ struct Shared {
     storage_records: Mutex<Vec<StorageRequest>>,
     tickets: Mutex<HashMap<u64, Ticket>>,
     client: Client<HttpConnector, ProxyBody>,
+    /// Requests to the proxy listener whose response has not started yet.
+    in_flight: AtomicUsize,
+    /// `in_flight` as each request arrived (itself included), in order.
+    arrivals: Mutex<Vec<usize>>,
+}
+
+/// Guard that counts one request as in flight until its response head is ready.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> InFlight {
+        let mut arrivals = lock(&shared.arrivals);
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        arrivals.push(now);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
