@@ -1,5 +1,6 @@
 //! Command-line arguments and logging set-up.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -141,9 +142,11 @@ pub fn init_logging(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("syncer={level},warn")));
+    // Colour codes only help on a terminal; in a cron log they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),

@@ -241,6 +241,23 @@ fn index_children_are_copied_by_digest() {
 }
 
 #[test]
+fn usage_error_exits_one_not_two() {
+    // Exit 2 means "changes" under --detailed-exitcode, so a mistyped flag
+    // must not look like it.
+    let run = Syncer::new()
+        .run(&["plan", "--detailed-exitcode", "--formt", "json"])
+        .expect_code(1);
+    assert!(run.stderr.contains("--format"), "{}", run.stderr);
+
+    let help = Syncer::new().run(&["plan", "--help"]).expect_code(0);
+    assert!(
+        help.stdout.contains("--detailed-exitcode"),
+        "{}",
+        help.stdout
+    );
+}
+
+#[test]
 fn apply_without_terminal_needs_auto_approve() {
     let estate = Estate::start();
     let rules = estate.rules();

@@ -744,3 +744,53 @@ fn mutual_tls_with_client_certificate() {
         Some(image.digest.clone())
     );
 }
+
+#[test]
+fn tls_mistakes_fail_at_once_with_a_hint() {
+    let plain = Registry::start();
+    let ca = Ca::new();
+    let secure = Registry::start_with(RegistryOptions {
+        tls: Some(ca.issue_server()),
+        ..RegistryOptions::default()
+    });
+    let dir = TempDir::new().unwrap();
+    // No `tls:` for either: the plain one needs `disabled`, the other its CA.
+    let cases = [
+        (plain.host(), "set `tls: disabled`"),
+        (secure.host(), "give its CA with `ca_file`"),
+    ];
+    for (host, hint) in cases {
+        let rules = write_rules(
+            dir.path(),
+            "rules.yaml",
+            &format!(
+                "rules:\n  - source: {host}/some/app:v1\n    destinations: [{host}/copy/app]\n"
+            ),
+        );
+
+        let run = Syncer::new().run(&["plan", rules.to_str().unwrap()]);
+
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(hint), "{}", run.stderr);
+        // Another handshake would fail the same way, so none is tried.
+        assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+    }
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let rules = write_rules(
+        dir.path(),
+        "rules.yaml",
+        &format!(
+            "registries:\n  {host}: {{ca_file: {ca}}}\nrules:\n  - source: {host}/some/app:v1\n    destinations: [{host}/copy/app]\n",
+            host = secure.host(),
+            ca = empty.display()
+        ),
+    );
+    let run = Syncer::new().run(&["plan", rules.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("contains no PEM certificate"),
+        "{}",
+        run.stderr
+    );
+}

@@ -105,7 +105,7 @@ pub enum RegistryError {
         body: ErrorBody,
         attempts: u32,
     },
-    #[error("{request} failed: {}{}", error_chain(source), attempts_suffix(*attempts))]
+    #[error("{request} failed: {}{}{}", error_chain(source), attempts_suffix(*attempts), tls_hint(source))]
     Transport {
         request: RequestInfo,
         source: reqwest::Error,
@@ -156,6 +156,39 @@ fn attempts_suffix(attempts: u32) -> String {
     }
 }
 
+/// TLS handshake failures that no retry can fix, by the text rustls gives
+/// them, with what to change in the rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TlsFailure {
+    /// The server replied in plain HTTP to a TLS handshake.
+    PlainHttp,
+    /// The server's certificate was not trusted or not valid for the host.
+    Certificate,
+}
+
+fn tls_failure(error: &reqwest::Error) -> Option<TlsFailure> {
+    let chain = error_chain(error);
+    if chain.contains("InvalidContentType") {
+        Some(TlsFailure::PlainHttp)
+    } else if chain.contains("invalid peer certificate") {
+        Some(TlsFailure::Certificate)
+    } else {
+        None
+    }
+}
+
+fn tls_hint(error: &reqwest::Error) -> &'static str {
+    match tls_failure(error) {
+        Some(TlsFailure::PlainHttp) => {
+            "; the registry replied in plain HTTP: set `tls: disabled` for it in the rules"
+        }
+        Some(TlsFailure::Certificate) => {
+            "; the registry's certificate is not trusted: give its CA with `ca_file`, or set `tls: insecure` to skip verification"
+        }
+        None => "",
+    }
+}
+
 /// Joins an error with its sources, since reqwest's top-level message
 /// alone ("error sending request") hides the cause.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
@@ -203,7 +236,9 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Status { status, .. } => is_transient_status(*status),
-            RegistryError::Transport { source, .. } => !source.is_builder(),
+            RegistryError::Transport { source, .. } => {
+                !source.is_builder() && tls_failure(source).is_none()
+            }
             RegistryError::DigestMismatch { .. }
             | RegistryError::SizeMismatch { .. }
             | RegistryError::Unauthorized { .. } => true,

@@ -312,6 +312,12 @@ fn build_http(
                 path.display()
             ))
         })?;
+        if certs.is_empty() {
+            return Err(invalid(format!(
+                "ca_file {} contains no PEM certificate (no BEGIN CERTIFICATE block)",
+                path.display()
+            )));
+        }
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
