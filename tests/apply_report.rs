@@ -113,3 +113,47 @@ fn progress_lines_without_terminal() {
     );
     assert!(lines[0].contains("of 1 images"), "{lines:?}");
 }
+
+fn read_report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn report_written_when_nothing_to_do() {
+    let (source, destination) = (Registry::start(), Registry::start());
+    Pusher::new(&source).push_image("calm/app", "v1", &sample_image("calm"));
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(&dir, &source, &destination, "calm/app");
+    let report_path = dir.path().join("report.json");
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "--report", report_path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Syncer::new().run(&args)
+    };
+    apply(&["--auto-approve", rules.to_str().unwrap()]).expect_code(0);
+    assert_eq!(read_report(&report_path)["created"], 1);
+
+    // A second run has nothing to copy, and its report must replace the
+    // first one's numbers.
+    let again = apply(&["--auto-approve", rules.to_str().unwrap()]).expect_code(0);
+
+    assert!(
+        again
+            .stdout
+            .contains("Apply complete: 0 created, 0 updated, 1 unchanged, 0 failed."),
+        "{}",
+        again.stdout
+    );
+    let report = read_report(&report_path);
+    assert_eq!(report["created"], 0);
+    assert_eq!(report["unchanged"], 1);
+    assert!(report.get("error").is_none(), "{report}");
+
+    // A run that stops before copying gives the reason in its report.
+    let missing = dir.path().join("missing-plan.json");
+    apply(&["--plan", missing.to_str().unwrap()]).expect_code(1);
+    let report = read_report(&report_path);
+    assert_eq!(report["unchanged"], 0);
+    let error = report["error"].as_str().unwrap();
+    assert!(error.contains("missing-plan.json"), "{error}");
+}

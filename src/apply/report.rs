@@ -43,9 +43,20 @@ pub struct Report {
     /// `bytes_copied` over `seconds`: the rate of reading the sources.
     pub bytes_per_second: u64,
     pub operations: Vec<OperationResult>,
+    /// Reason nothing was applied, for a run that stopped before copying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Report {
+    /// Returns the report of a run that stopped before copying anything.
+    pub fn not_applied(reason: String) -> Self {
+        Report {
+            error: Some(reason),
+            ..Report::default()
+        }
+    }
+
     pub fn record(&mut self, operation: Operation, outcome: Outcome) {
         match (&outcome, operation.action) {
             (Outcome::Failed(_), _) => self.failed += 1,

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::lock::{self, ApplyLock, LockError};
 use super::plan::{make_plan, print_errors};
 use super::{load_rules, registries, Exit};
-use crate::apply::{execute, ApplyOptions, Progress, ProgressMode};
+use crate::apply::{execute, ApplyOptions, Progress, ProgressMode, Report};
 use crate::cli::ApplyArgs;
 use crate::plan::saved::{find_moved, Moved, SavedPlan};
 use crate::plan::{render, Plan};
@@ -23,17 +23,60 @@ const DEFAULT_RULES: &str = "rules";
 const BLOB_ATTEMPTS: u32 = 3;
 
 pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
+    let (exit, report) = match apply(args).await {
+        Ok(done) => done,
+        Err(error) => {
+            // The report still records that this run failed, so
+            // it never shows an older run's numbers.
+            write_report(args, &Report::not_applied(format!("{error:#}")))?;
+            return Err(error);
+        }
+    };
+    write_report(args, &report)?;
+    Ok(exit)
+}
+
+fn write_report(args: &ApplyArgs, report: &Report) -> anyhow::Result<()> {
+    let Some(path) = &args.report else {
+        return Ok(());
+    };
+    let json = serde_json::to_string_pretty(report).context("serialising the apply report")?;
+    std::fs::write(path, json + "\n")
+        .with_context(|| format!("writing the apply report to {}", path.display()))
+}
+
+/// Runs apply and returns its exit code with the report to write. A run
+/// that stops before copying returns a report with the reason.
+async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
+    let not_applied = |exit: Exit, reason: &str| Ok((exit, Report::not_applied(reason.into())));
     let interactive = std::io::stdin().is_terminal();
     // A saved plan was reviewed when it was made, so it needs no prompt.
     let needs_approval = !args.auto_approve && args.plan.is_none();
     if needs_approval && !interactive {
         eprintln!("Error: apply needs confirmation, but stdin is not a terminal. Review the plan with `syncer plan`, then run `syncer apply --auto-approve`.");
-        return Ok(Exit::Failure);
+        return not_applied(
+            Exit::Failure,
+            "not approved: stdin is not a terminal and --auto-approve was not given",
+        );
     }
     let saved = match &args.plan {
         Some(path) => Some((path, SavedPlan::read(path)?)),
         None => None,
     };
+    if let (Some((path, saved)), Some(shard)) = (&saved, args.shard) {
+        if saved
+            .shard
+            .as_ref()
+            .is_some_and(|planned| *planned != shard.to_string())
+        {
+            let planned = saved.shard.as_deref().unwrap_or_default();
+            eprintln!(
+                "Error: the saved plan {} covers shard {planned}, not --shard {shard}. Apply it with --shard {planned}, or make a plan for shard {shard}.",
+                path.display()
+            );
+            return not_applied(Exit::Failure, "the saved plan covers another shard");
+        }
+    }
     // Like `terraform apply PLANFILE`, a saved plan needs no rules argument:
     // it names the rules it was made from, whose registry settings apply.
     let rules_path = match (&args.rules, &saved) {
@@ -43,12 +86,12 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
     };
     let rules = match load_rules(&rules_path) {
         Ok(rules) => rules,
-        Err(exit) => return Ok(exit),
+        Err(exit) => return not_applied(exit, "invalid rules"),
     };
 
     let _lock = match take_lock(args, &rules_path)? {
         Ok(lock) => lock,
-        Err(exit) => return Ok(exit),
+        Err(exit) => return not_applied(exit, "another apply of these rules holds the lock"),
     };
 
     let registries = registries(&rules);
@@ -58,16 +101,24 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
     };
     let plan = match plan {
         Ok(plan) => plan,
-        Err(exit) => return Ok(exit),
+        Err(exit) => return not_applied(exit, "planning failed or the saved plan is stale"),
     };
 
     print!("{}", render::text(&plan));
     if !plan.has_changes() {
-        return Ok(Exit::Success);
+        // As after any apply, the summary line closes the output, so cron
+        // logs and alerting read the same line every night.
+        let report = Report {
+            unchanged: plan.summary.unchanged,
+            ..Report::default()
+        };
+        println!();
+        print!("{}", report.text());
+        return Ok((Exit::Success, report));
     }
     if needs_approval && !confirm()? {
         println!("Apply cancelled.");
-        return Ok(Exit::Failure);
+        return not_applied(Exit::Failure, "cancelled at the prompt");
     }
 
     let options = ApplyOptions {
@@ -79,16 +130,12 @@ pub async fn run(args: &ApplyArgs) -> anyhow::Result<Exit> {
     progress.finish();
     println!();
     print!("{}", report.text());
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report).context("serialising the apply report")?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing the apply report to {}", path.display()))?;
-    }
-    Ok(if report.has_failures() {
+    let exit = if report.has_failures() {
         Exit::Failure
     } else {
         Exit::Success
-    })
+    };
+    Ok((exit, report))
 }
 
 /// Takes the lock for the rules and shard, or returns [`Exit::Locked`]

@@ -19,14 +19,7 @@ pub fn text(plan: &Plan) -> String {
     }
     if !plan.has_changes() {
         write_skipped(&mut out, plan);
-        let _ = writeln!(
-            out,
-            "No changes. {} destination tags match their sources.",
-            plan.summary.unchanged
-        );
-        if plan.summary.skip > 0 {
-            let _ = writeln!(out, "{}", summary_line(plan));
-        }
+        let _ = writeln!(out, "{}", no_changes_line(plan));
         return out;
     }
     out.push_str("syncer will perform the following operations:\n");
@@ -39,6 +32,22 @@ pub fn text(plan: &Plan) -> String {
     out.push_str(&legend(plan));
     let _ = writeln!(out, "{}", summary_line(plan));
     out
+}
+
+/// Returns the one-line summary of a plan without changes, such as
+/// `No changes. 7 destination tags match their sources, 1 skipped.`
+fn no_changes_line(plan: &Plan) -> String {
+    let unchanged = plan.summary.unchanged;
+    let mut line = if unchanged == 1 {
+        "No changes. 1 destination tag matches its source".to_string()
+    } else {
+        format!("No changes. {unchanged} destination tags match their sources")
+    };
+    if plan.summary.skip > 0 {
+        line.push_str(&format!(", {} skipped", plan.summary.skip));
+    }
+    line.push('.');
+    line
 }
 
 /// Lists the operations skipped on purpose, each with its reason.
