@@ -254,6 +254,17 @@ fn shards_cover_plan_exactly_once() {
     covered.sort();
     assert_eq!(covered, sorted_full, "shards differ from the whole plan");
 
+    // A plan saved for shard 1 is not applied as shard 0.
+    let saved = dir.path().join("shard1.json");
+    let saved = saved.to_str().unwrap();
+    syncer
+        .run(&["plan", "--shard", "1/3", "--out", saved, rules])
+        .expect_code(0);
+    let mixed = syncer
+        .run(&["apply", "--plan", saved, "--shard", "0/3", rules])
+        .expect_code(1);
+    assert!(mixed.stderr.contains("covers shard 1/3"), "{}", mixed.stderr);
+
     // Applying shard 0 writes its destinations and no other.
     let apply = syncer
         .run(&["apply", "--auto-approve", "--shard", "0/3", rules])
