@@ -263,7 +263,11 @@ fn shards_cover_plan_exactly_once() {
     let mixed = syncer
         .run(&["apply", "--plan", saved, "--shard", "0/3", rules])
         .expect_code(1);
-    assert!(mixed.stderr.contains("covers shard 1/3"), "{}", mixed.stderr);
+    assert!(
+        mixed.stderr.contains("covers shard 1/3"),
+        "{}",
+        mixed.stderr
+    );
 
     // Applying shard 0 writes its destinations and no other.
     let apply = syncer

@@ -107,6 +107,14 @@ impl FileContext {
     }
 }
 
+/// Returns a file's name without its extension, used in default rule names.
+fn file_stem(file: &Path) -> String {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("rules")
+        .to_string()
+}
+
 /// Positions of a loaded rule's destinations, for conflict messages.
 pub(super) struct RuleSite {
     /// `file:line:col` of each destination entry, in order.
@@ -141,7 +149,14 @@ impl Loader {
         let first = self.diagnostics.len();
         let (raw, errors) = parse(&text);
         for error in errors {
-            let mut diagnostic = context.diagnostic(&error.path, "", error.message);
+            // The label names the rule as validation errors do: its
+            // `name:`, else `<file stem>[<index>]`.
+            let label = match &error.rule {
+                Some((_, Some(name))) => format!(" ({name})"),
+                Some((index, None)) => format!(" ({}[{index}])", file_stem(file)),
+                None => String::new(),
+            };
+            let mut diagnostic = context.diagnostic(&error.path, &label, error.message);
             if error.location.is_some() {
                 diagnostic.location = error.location;
             }
@@ -158,12 +173,7 @@ impl Loader {
             self.add_registry(context, &root.key("registries").key(host), host, registry);
         }
         let defaults_ok = self.check_defaults(context, &raw.defaults);
-        let stem = context
-            .file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("rules")
-            .to_string();
+        let stem = file_stem(&context.file);
         for (index, rule) in &raw.rules {
             let path = root.key("rules").index(*index);
             if let Some(name) = &rule.name {

@@ -20,6 +20,8 @@ pub struct ParseError {
     /// Line and column given by serde_yaml, for YAML syntax errors.
     pub location: Option<(usize, usize)>,
     pub message: String,
+    /// Index and `name:` of the rule the error is in, if any.
+    pub rule: Option<(usize, Option<String>)>,
 }
 
 /// The entries of one file that read cleanly.
@@ -44,6 +46,7 @@ pub fn parse(text: &str) -> (ParsedFile, Vec<ParseError>) {
                 path: root,
                 location: e.location().map(|l| (l.line(), l.column())),
                 message: format!("invalid YAML: {}", yaml_message(&e)),
+                rule: None,
             });
             return (raw, errors);
         }
@@ -149,8 +152,13 @@ fn rules(value: Value, path: &YamlPath, errors: &mut Vec<ParseError>) -> Vec<(us
     };
     let mut rules = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
+        let name = item.get("name").and_then(Value::as_str).map(str::to_string);
+        let before = errors.len();
         if let Some(rule) = entry::<RawRule>(item, &path.index(index), errors) {
             rules.push((index, rule));
+        }
+        for error in &mut errors[before..] {
+            error.rule = Some((index, name.clone()));
         }
     }
     rules
@@ -253,6 +261,9 @@ impl Probe for RawRegistry {
             "max_concurrency" => check::<Option<usize>>(value),
             "requests_per_second" => check::<Option<f64>>(value),
             "retries" => check::<Option<u32>>(value),
+            "connect_timeout" | "read_timeout" => {
+                super::raw::duration_text(value.clone()).map(|_| ())
+            }
             _ => check::<Option<String>>(value),
         }
     }
@@ -263,6 +274,7 @@ fn error_at(path: YamlPath, message: impl Into<String>) -> ParseError {
         path,
         location: None,
         message: message.into(),
+        rule: None,
     }
 }
 
@@ -282,8 +294,21 @@ fn kind(value: &Value) -> &'static str {
 /// the location is printed in front.
 pub fn yaml_message(error: &serde_yaml::Error) -> String {
     let text = error.to_string();
-    match text.find(" at line ") {
+    let text = match text.find(" at line ") {
         Some(i) => text[..i].to_string(),
         None => text,
+    };
+    // Name Rust's number types the way a YAML author thinks of them.
+    let mut text = text;
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+    ] {
+        text = text.replace(rust, plain);
     }
+    text
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// A syncer rules file.
 // The loader reads a file entry by entry (see parse.rs), so only the
@@ -51,9 +51,13 @@ pub struct RawRegistry {
     pub max_concurrency: Option<usize>,
     /// Request rate limit per second.
     pub requests_per_second: Option<f64>,
-    /// Connect timeout, such as `10s` or `500ms`.
+    /// Connect timeout, such as `10s` or `500ms`; a bare number is seconds.
+    #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationSchema>")]
     pub connect_timeout: Option<String>,
-    /// Read timeout, such as `30s` or `5m`.
+    /// Read timeout, such as `30s` or `5m`; a bare number is seconds.
+    #[serde(default, deserialize_with = "duration_text")]
+    #[schemars(with = "Option<DurationSchema>")]
     pub read_timeout: Option<String>,
     /// Retries of a failed request after the first attempt.
     pub retries: Option<u32>,
@@ -116,4 +120,45 @@ pub struct RawRule {
     /// Tag globs that prune never deletes; default `sha256-*`, `*.sig`,
     /// `*.att`, `*.sbom`.
     pub protect: Option<Vec<String>>,
+}
+
+/// Schema of a duration: text such as `30s`, or a whole number of seconds.
+// Only the schema derivation reads this type.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[schemars(rename = "Duration")]
+enum DurationSchema {
+    Text(String),
+    Seconds(u64),
+}
+
+/// Reads a duration written as text (`30s`) or as a whole number of
+/// seconds (`30`), keeping it as text for the settings parser.
+pub fn duration_text<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    struct Text;
+
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as \"30s\", or a whole number of seconds")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            Ok(Some(text.to_string()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, seconds: u64) -> Result<Self::Value, E> {
+            Ok(Some(seconds.to_string()))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+
+    deserializer.deserialize_any(Text)
 }
