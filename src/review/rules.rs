@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
+use sha2::{Digest, Sha256};
 
 /// Keys of a registry entry whose values are never shown.
 const HIDDEN_REGISTRY_KEYS: [&str; 2] = ["username", "password"];
@@ -16,6 +17,10 @@ pub struct NormalisedRules {
     pub rules: BTreeMap<String, Mapping>,
     /// Registry settings by host, with credentials hidden.
     pub registries: BTreeMap<String, Value>,
+    /// SHA-256 of each registry's settings as written, credentials
+    /// included, so that a changed credential counts as a change without
+    /// being shown. Never printed.
+    registry_fingerprints: BTreeMap<String, String>,
 }
 
 /// Error reading one side of the comparison.
@@ -107,6 +112,9 @@ impl NormalisedRules {
         let registries = document.get("registries").and_then(Value::as_mapping);
         for (host, settings) in registries.into_iter().flatten() {
             let host = host.as_str().unwrap_or_default().to_string();
+            let written = serde_yaml::to_string(&sort_keys(settings)).unwrap_or_default();
+            let fingerprint = hex::encode(Sha256::digest(written.as_bytes()));
+            self.registry_fingerprints.insert(host.clone(), fingerprint);
             self.registries.insert(host, hide_credentials(settings));
         }
         Ok(())
@@ -157,7 +165,7 @@ pub fn compare_rules(
         .collect();
     hosts.sort();
     hosts.dedup();
-    hosts.retain(|host| old.registries.get(host) != new.registries.get(host));
+    hosts.retain(|host| old.registry_fingerprints.get(host) != new.registry_fingerprints.get(host));
     let (old_text, new_text) = (old.to_yaml(), new.to_yaml());
     let unified_diff = if old_text == new_text {
         String::new()
@@ -269,16 +277,30 @@ fn sort_keys(value: &Value) -> Value {
 }
 
 /// Replaces credential values, set or not, with `(hidden)`.
+/// Replaces credential values, except a whole `${VAR}` reference, which
+/// names a variable and contains no secret. Reviewers can then tell which
+/// credentials are written in plain text, and which variable a rule reads.
 fn hide_credentials(settings: &Value) -> Value {
     let mut settings = sort_keys(settings);
     if let Some(mapping) = settings.as_mapping_mut() {
         for key in HIDDEN_REGISTRY_KEYS {
             if let Some(value) = mapping.get_mut(key) {
-                *value = "(hidden)".into();
+                if !value.as_str().is_some_and(is_variable_reference) {
+                    *value = "(plain text, hidden)".into();
+                }
             }
         }
     }
     settings
+}
+
+/// Returns whether `text` is exactly one `${NAME}` reference.
+fn is_variable_reference(text: &str) -> bool {
+    text.strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesReadError> {
@@ -330,6 +352,40 @@ mod tests {
         let yaml = rules.to_yaml();
         assert!(!yaml.contains("hunter2"), "{yaml}");
         assert!(!yaml.contains("bob"), "{yaml}");
+    }
+
+    #[test]
+    fn credential_change_lists_registry() {
+        let old = read(
+            "registries:\n  r.example:\n    username: alice\n    password: ${PASS}\nrules: []\n",
+        );
+        let user = read(
+            "registries:\n  r.example:\n    username: bob\n    password: ${PASS}\nrules: []\n",
+        );
+        let plain =
+            read("registries:\n  r.example:\n    username: alice\n    password: pw1\nrules: []\n");
+
+        let renamed = compare_rules(&old, &user, ("old", "new"));
+        assert_eq!(renamed.registries_changed, vec!["r.example".to_string()]);
+        assert!(
+            !renamed.unified_diff.contains("bob"),
+            "{}",
+            renamed.unified_diff
+        );
+
+        let inlined = compare_rules(&old, &plain, ("old", "new"));
+        assert_eq!(inlined.registries_changed, vec!["r.example".to_string()]);
+        // A variable reference is shown, a plain-text password only as such.
+        let diff = &inlined.unified_diff;
+        assert!(diff.contains("-    password: ${PASS}"), "{diff}");
+        assert!(
+            diff.contains("+    password: (plain text, hidden)"),
+            "{diff}"
+        );
+        assert!(!diff.contains("pw1"), "{diff}");
+
+        let same = compare_rules(&old, &old, ("old", "new"));
+        assert!(same.registries_changed.is_empty());
     }
 
     #[test]
