@@ -218,6 +218,12 @@ fn platforms_rewrite_index_and_skip_image() {
     let rewritten = multi["rewritten_digest"].as_str().unwrap().to_string();
     assert_ne!(rewritten, source_digest);
     assert_eq!(json["operations"][1]["action"], "skip");
+    let markdown = syncer
+        .run(&["plan", "--format", "markdown", path])
+        .expect_code(0);
+    snapshot_settings().bind(|| {
+        insta::assert_snapshot!("rules_platforms_markdown", pair.redact(&markdown.stdout))
+    });
 
     syncer
         .run(&["apply", "--auto-approve", path])

@@ -193,17 +193,35 @@ pub fn markdown(plan: &Plan) -> String {
             "| Action | Destination | Source | Digest | Blobs |\n|---|---|---|---|---|\n",
         );
         for op in plan.changes() {
-            table.push_str(&markdown_row(op));
+            let blobs = if op.action == Action::Delete {
+                String::new()
+            } else {
+                blob_summary(&op.blobs)
+            };
+            table.push_str(&markdown_row(op, &blobs));
         }
         let count = plan.changes().count();
         let title = format!("{count} change{}", if count == 1 { "" } else { "s" });
         out.push_str(&fold(&title, count, &table));
     } else {
-        let _ = writeln!(
-            out,
-            "No changes. {} destination tags match their sources.\n",
-            plan.summary.unchanged
+        let _ = writeln!(out, "{}\n", no_changes_line(plan));
+    }
+    let skipped: Vec<&Operation> = plan
+        .operations
+        .iter()
+        .filter(|op| op.action == Action::Skip)
+        .collect();
+    if !skipped.is_empty() {
+        let mut table = String::from(
+            "| Skipped | Destination | Source | Digest | Reason |\n|---|---|---|---|---|\n",
         );
+        for op in &skipped {
+            let note = op.note.as_deref().unwrap_or("").replace('|', "\\|");
+            table.push_str(&markdown_row(op, &note));
+        }
+        let count = skipped.len();
+        let title = format!("{count} skipped");
+        out.push_str(&fold(&title, count, &table));
     }
     if !plan.warnings.is_empty() {
         let list: String = plan
@@ -218,24 +236,24 @@ pub fn markdown(plan: &Plan) -> String {
     out
 }
 
-fn markdown_row(op: &Operation) -> String {
+/// Renders one table row; `last` fills the final column (blobs, or the
+/// reason of a skip).
+fn markdown_row(op: &Operation, last: &str) -> String {
     let action = serde_json::to_value(op.action)
         .ok()
         .and_then(|value| value.as_str().map(str::to_string))
         .unwrap_or_default();
-    let digest = match (&op.destination_digest, &op.source_digest) {
+    let mut digest = match (&op.destination_digest, op.content_digest()) {
         (Some(old), Some(new)) => format!("`{}` → `{}`", old.short(), new.short()),
         (None, Some(new)) => format!("`{}`", new.short()),
         (Some(old), None) => format!("`{}`", old.short()),
         (None, None) => String::new(),
     };
-    let blobs = if op.action == Action::Delete {
-        String::new()
-    } else {
-        blob_summary(&op.blobs)
-    };
+    if let (Some(_), Some(source)) = (&op.rewritten_digest, &op.source_digest) {
+        digest.push_str(&format!(" (rewritten from `{}`)", source.short()));
+    }
     format!(
-        "| `{}` {action} | `{}` | `{}` | {digest} | {blobs} |\n",
+        "| `{}` {action} | `{}` | `{}` | {digest} | {last} |\n",
         op.action.symbol(),
         op.destination,
         op.source
