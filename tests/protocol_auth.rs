@@ -502,6 +502,8 @@ fn wrong_password_fails_clearly() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(run.stderr.contains("401"), "{}", run.stderr);
     assert!(run.stderr.contains("locked/app"), "{}", run.stderr);
+    let sent = format!("sent user {USER} from the rules file");
+    assert!(run.stderr.contains(&sent), "{}", run.stderr);
     assert!(
         !run.stderr.contains("attempts"),
         "a 401 after a refresh must not be retried: {}",

@@ -47,6 +47,17 @@ pub enum Credentials {
     },
 }
 
+impl Credentials {
+    /// Returns the user name, which is safe to show in messages.
+    pub fn username(&self) -> &str {
+        match self {
+            Credentials::Basic { username, .. } | Credentials::IdentityToken { username, .. } => {
+                username
+            }
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct DockerConfig {
     #[serde(default)]

@@ -115,6 +115,13 @@ pub enum RegistryError {
     /// next attempt of the whole upload can succeed.
     #[error("{request} returned 401 Unauthorized; a new token was fetched for the next attempt")]
     Unauthorized { request: RequestInfo },
+    /// A 401 that a fresh token or the configured credentials did not
+    /// fix, with the credentials that were sent.
+    #[error("{source}; sent {credentials}")]
+    Rejected {
+        source: Box<RegistryError>,
+        credentials: String,
+    },
     #[error("authentication with {registry} failed: {reason}")]
     Auth { registry: String, reason: String },
     #[error("digest mismatch for {expected}: received content hashes to {actual}")]
@@ -210,6 +217,7 @@ impl RegistryError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             RegistryError::Status { status, .. } => Some(*status),
+            RegistryError::Rejected { source, .. } => source.status(),
             _ => None,
         }
     }
@@ -226,6 +234,7 @@ impl RegistryError {
                 body: ErrorBody::Envelope(errors),
                 ..
             } => errors.iter().any(|e| e.code == code),
+            RegistryError::Rejected { source, .. } => source.has_code(code),
             _ => false,
         }
     }

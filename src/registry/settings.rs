@@ -30,6 +30,9 @@ pub struct ConnectionSettings {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Credentials from the rules file; `None` falls back to docker's config.
     pub credentials: Option<Credentials>,
+    /// Origin of `credentials`, for messages: the rules file unless
+    /// docker's config supplied them.
+    pub credentials_from: &'static str,
     /// Requests in flight to this registry at once.
     pub max_concurrency: usize,
     /// Request rate cap; `None` means unlimited.
@@ -48,6 +51,7 @@ impl Default for ConnectionSettings {
             ca_file: None,
             client_cert: None,
             credentials: None,
+            credentials_from: "the rules file",
             max_concurrency: 16,
             requests_per_second: None,
             connect_timeout: Duration::from_secs(10),
@@ -81,6 +85,7 @@ impl Registries {
         let mut settings = self.settings.get(host).cloned().unwrap_or_default();
         if settings.credentials.is_none() {
             settings.credentials = credentials::from_docker_config(host)?;
+            settings.credentials_from = "docker's config.json";
         }
         let client = Arc::new(RegistryClient::new(host, settings)?);
         clients.insert(host.to_string(), client.clone());

@@ -78,6 +78,9 @@ pub struct Transport {
     throttle: Throttle,
     rate: Option<RateLimiter>,
     max_attempts: u32,
+    /// The credentials sent, for 401 errors, such as `user alice from the
+    /// rules file`.
+    credentials_note: String,
 }
 
 impl Transport {
@@ -103,6 +106,14 @@ impl Transport {
             throttle: Throttle::new(settings.max_concurrency.max(1)),
             rate: settings.requests_per_second.map(RateLimiter::new),
             max_attempts: settings.max_attempts.max(1),
+            credentials_note: match &settings.credentials {
+                Some(credentials) => format!(
+                    "user {} from {}",
+                    credentials.username(),
+                    settings.credentials_from
+                ),
+                None => "no credentials: none in the rules file or docker's config.json".into(),
+            },
         })
     }
 
@@ -123,7 +134,7 @@ impl Transport {
                     .on_too_many_requests(&self.limit, &self.registry);
             }
             if !error.is_transient() || attempt >= self.max_attempts {
-                return Err(error.set_attempts(attempt));
+                return Err(self.note_credentials(error.set_attempts(attempt)));
             }
             let delay = wait.unwrap_or_else(|| backoff(attempt)).min(MAX_BACKOFF);
             warn!(registry = %self.registry, error = %error, attempt, "retrying in {:.1}s", delay.as_secs_f64());
@@ -170,7 +181,18 @@ impl Transport {
             return Ok(Reply { response, permit });
         }
         let (error, _) = status_error(info, response).await;
-        Err(error)
+        Err(self.note_credentials(error))
+    }
+
+    /// Adds the credentials sent to an error whose status is still 401.
+    fn note_credentials(&self, error: RegistryError) -> RegistryError {
+        if error.status() != Some(StatusCode::UNAUTHORIZED) {
+            return error;
+        }
+        RegistryError::Rejected {
+            source: Box::new(error),
+            credentials: self.credentials_note.clone(),
+        }
     }
 
     async fn attempt(&self, req: &Req) -> Attempt {
