@@ -15,9 +15,12 @@
 #                           test this script while syncer does not build.
 #   CARGO_TARGET_DIR        Cargo's build directory; the script runs
 #                           $CARGO_TARGET_DIR/release/syncer (default: target).
+#   QUICKSTART_KEEP=1       After a successful run, leave both registries
+#                           running to try your own rules against, and print
+#                           the command that stops them and removes their data.
 #
 # Requires: a Debian-based system for the install step (root, or sudo),
-# cargo 1.80 or newer, curl, tar, gzip and sha256sum.
+# cargo 1.89 or newer, curl, tar, gzip and sha256sum.
 set -euo pipefail
 
 readonly HOST=127.0.0.1
@@ -63,7 +66,15 @@ run_as_root() {
 # Stops the registries by PID, restores policy-rc.d and removes temporary
 # files. Runs on every exit.
 cleanup() {
-    local pid
+    local status=$? pid
+    if [[ $status == 0 && ${QUICKSTART_KEEP:-0} == 1 && ${#registry_pids[@]} -gt 0 ]]; then
+        restore_policy_rc
+        echo
+        echo "QUICKSTART_KEEP=1: the registries on $HOST:$SOURCE_PORT and $HOST:$DESTINATION_PORT are still running."
+        echo "Stop them and remove their data with:"
+        echo "  kill ${registry_pids[*]} && rm -rf -- '$work_dir'"
+        return
+    fi
     for pid in "${registry_pids[@]}"; do
         stop_process "$pid"
     done

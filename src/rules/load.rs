@@ -55,8 +55,14 @@ pub fn load(path: &Path) -> Result<Rules, RulesError> {
 }
 
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| Diagnostic::new(path, None, format!("cannot read rules: {e}")))?;
+    let metadata = std::fs::metadata(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            "; give a rules file or folder as the RULES argument (the default is `rules` in the current folder)"
+        } else {
+            ""
+        };
+        Diagnostic::new(path, None, format!("cannot read rules: {e}{hint}"))
+    })?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
