@@ -43,10 +43,11 @@ fn set_tls(
     settings.ca_file = resolve_path(base, &raw.ca_file, "ca_file", errors);
     let cert = resolve_path(base, &raw.cert_file, "cert_file", errors);
     let key = resolve_path(base, &raw.key_file, "key_file", errors);
-    match (cert, key) {
-        (Some(cert), Some(key)) => settings.client_cert = Some((cert, key)),
-        (None, None) => {}
-        _ => errors.push("cert_file and key_file must be given together".to_string()),
+    if raw.cert_file.is_some() != raw.key_file.is_some() {
+        errors.push("cert_file and key_file must be given together".to_string());
+    }
+    if let (Some(cert), Some(key)) = (cert, key) {
+        settings.client_cert = Some((cert, key));
     }
 }
 
@@ -57,7 +58,15 @@ fn resolve_path(
     errors: &mut Vec<String>,
 ) -> Option<PathBuf> {
     let text = expand(value.as_ref()?, field, errors)?;
-    Some(base.join(text))
+    let path = base.join(&text);
+    if !path.is_file() {
+        errors.push(format!(
+            "{field}: file {} not found (paths are relative to the rules file)",
+            path.display()
+        ));
+        return None;
+    }
+    Some(path)
 }
 
 fn set_credentials(raw: &RawRegistry, settings: &mut ConnectionSettings, errors: &mut Vec<String>) {
