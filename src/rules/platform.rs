@@ -5,6 +5,34 @@ use std::fmt;
 
 use crate::oci::Platform;
 
+/// Operating systems an image may name: Go's `GOOS` values, which the OCI
+/// image specification asks images to use, and BuildKit's `unknown` for
+/// attestation manifests.
+const KNOWN_OS: [&str; 16] = [
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "unknown",
+    "wasip1",
+    "windows",
+];
+
+/// Architectures an image may name: Go's `GOARCH` values, and `unknown`.
+const KNOWN_ARCHITECTURES: [&str; 15] = [
+    "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle", "ppc64",
+    "ppc64le", "riscv64", "s390x", "unknown", "wasm",
+];
+
 /// One platform a rule copies: `os/architecture[/variant]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlatformSpec {
@@ -27,6 +55,21 @@ impl PlatformSpec {
         };
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid(p)) {
             return Err(format!("invalid platform {text:?}; expected os/architecture or os/architecture/variant in lowercase, such as linux/amd64 or linux/arm64/v8"));
+        }
+        // A misspelt name (`amd46`) would match no image and skip them all.
+        if !KNOWN_OS.contains(&parts[0]) {
+            return Err(format!(
+                "unknown os {:?} in platform {text:?}; known: {}",
+                parts[0],
+                KNOWN_OS.join(", ")
+            ));
+        }
+        if !KNOWN_ARCHITECTURES.contains(&parts[1]) {
+            return Err(format!(
+                "unknown architecture {:?} in platform {text:?}; known: {}",
+                parts[1],
+                KNOWN_ARCHITECTURES.join(", ")
+            ));
         }
         Ok(PlatformSpec {
             os: parts[0].to_string(),
@@ -74,6 +117,16 @@ pub fn describe(platform: &Platform) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn misspelt_platform_is_rejected() {
+        let error = PlatformSpec::parse("linux/amd46").unwrap_err();
+        assert!(error.contains("unknown architecture \"amd46\""), "{error}");
+        let error = PlatformSpec::parse("lunix/amd64").unwrap_err();
+        assert!(error.contains("unknown os \"lunix\""), "{error}");
+        assert!(PlatformSpec::parse("windows/amd64").is_ok());
+        assert!(PlatformSpec::parse("linux/arm/v7").is_ok());
+    }
 
     fn platform(os: &str, architecture: &str, variant: Option<&str>) -> Platform {
         Platform {
