@@ -16,6 +16,7 @@ use tempfile::TempDir;
 use testkit::image::{
     oci_image, random_layer, sample_image, sample_index, Image, Platform, Pusher,
 };
+use testkit::listener::FullListener;
 use testkit::proxy::{FaultKind, FaultProxy, Faults, RetryAfter};
 use testkit::registry::Registry;
 
@@ -384,6 +385,11 @@ fn stalled_source_hits_read_timeout() {
         run.stderr
     );
     assert!(
+        run.stderr.contains("no data within read_timeout"),
+        "{}",
+        run.stderr
+    );
+    assert!(
         run.stderr.contains("after 2 attempts"),
         "attempts not counted: {}",
         run.stderr
@@ -541,7 +547,7 @@ fn too_many_requests_lower_concurrency() {
 
     let throttled = wide_copy(&proxy, "max_concurrency: 6");
 
-    let rejected = setup_fault_count(&proxy, &FaultKind::TooManyRequests);
+    let rejected = count_faults(&proxy, &FaultKind::TooManyRequests);
     assert_eq!(rejected, 4);
     // Requests admitted before the 429s may still be in flight for a
     // while, so the window starts after them. Four 429s withhold four of
@@ -555,10 +561,37 @@ fn too_many_requests_lower_concurrency() {
     );
 }
 
-fn setup_fault_count(proxy: &FaultProxy, kind: &FaultKind) -> usize {
+fn count_faults(proxy: &FaultProxy, kind: &FaultKind) -> usize {
     proxy
         .requests()
         .iter()
         .filter(|r| r.fault.as_ref() == Some(kind))
         .count()
+}
+
+#[test]
+fn connect_timeout_is_honoured() {
+    let silent = FullListener::start();
+    let destination = Registry::start();
+    let dir = TempDir::new().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    let text = format!(
+        "registries:\n  {src}: {{tls: disabled, connect_timeout: 1s, retries: 1}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {src}/silent/app:v1\n    destinations: [{dst}/silent/app]\n",
+        src = silent.host(),
+        dst = destination.host()
+    );
+    std::fs::write(&rules, text).unwrap();
+
+    let (run, elapsed) = timed(|| Syncer::new().run(&["plan", rules.to_str().unwrap()]));
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("(after 2 attempts)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no connection within connect_timeout"),
+        "{}",
+        run.stderr
+    );
+    // Two attempts of one second each, plus a short backoff between them.
+    assert!(elapsed >= Duration::from_secs(2), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
 }

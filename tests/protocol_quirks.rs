@@ -794,3 +794,39 @@ fn tls_mistakes_fail_at_once_with_a_hint() {
         run.stderr
     );
 }
+
+#[test]
+fn permanent_statuses_are_not_retried() {
+    // 503 is the control: the same set-up does retry a transient status.
+    for (status, code, shown, retried) in [
+        (400, "TAG_INVALID", "TAG_INVALID", false),
+        (403, "DENIED", "DENIED", false),
+        (404, "NAME_UNKNOWN", "held/app not found", false),
+        (503, "UNAVAILABLE", "UNAVAILABLE", true),
+    ] {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        let host = scripted_server(move |_, target| {
+            if target.starts_with("/v2/held/app/tags/list") {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let body = serde_json::json!({"errors": [{"code": code, "message": "scripted"}]});
+            json_reply(status, body, None)
+        });
+        let destination = Registry::start();
+        let dir = TempDir::new().unwrap();
+        let text = format!(
+            "registries:\n  {host}: {{tls: disabled, retries: 2}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {host}/held/app\n    destinations: [{dst}/held/app]\n",
+            dst = destination.host()
+        );
+        let rules = write_rules(dir.path(), "rules.yaml", &text);
+
+        let run = Syncer::new().run(&["plan", rules.to_str().unwrap()]);
+
+        assert_eq!(run.code, 1, "{status}: {}", run.stderr);
+        assert!(run.stderr.contains(shown), "{status}: {}", run.stderr);
+        let count = calls.load(std::sync::atomic::Ordering::SeqCst);
+        let expected = if retried { 3 } else { 1 };
+        assert_eq!(count, expected, "{status}: {}", run.stderr);
+    }
+}

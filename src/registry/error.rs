@@ -105,7 +105,7 @@ pub enum RegistryError {
         body: ErrorBody,
         attempts: u32,
     },
-    #[error("{request} failed: {}{}{}", error_chain(source), attempts_suffix(*attempts), tls_hint(source))]
+    #[error("{request} failed: {}{}{}", error_chain(source), attempts_suffix(*attempts), transport_hint(source))]
     Transport {
         request: RequestInfo,
         source: reqwest::Error,
@@ -184,7 +184,15 @@ fn tls_failure(error: &reqwest::Error) -> Option<TlsFailure> {
     }
 }
 
-fn tls_hint(error: &reqwest::Error) -> &'static str {
+/// Returns what a transport failure means for the rules: a TLS setting to
+/// change, or the timeout that expired.
+fn transport_hint(error: &reqwest::Error) -> &'static str {
+    if error.is_connect() && error_chain(error).contains("deadline has elapsed") {
+        return "; no connection within connect_timeout: check that the registry is reachable, or raise connect_timeout";
+    }
+    if error.is_timeout() {
+        return "; no data within read_timeout: the registry stalled, or read_timeout is too short";
+    }
     match tls_failure(error) {
         Some(TlsFailure::PlainHttp) => {
             "; the registry replied in plain HTTP: set `tls: disabled` for it in the rules"

@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod image;
+pub mod listener;
 pub mod proxy;
 pub mod registry;
 pub mod token;
