@@ -289,6 +289,59 @@ fn expired_token_is_fetched_again_once() {
 }
 
 #[test]
+fn token_refreshed_before_expiry() {
+    let server = token_server(false);
+    let destination = token_registry(&server);
+    let proxy = FaultProxy::start(&destination.base_url(), Faults::default());
+    let source = Registry::start();
+    let layers = (0..10).map(|i| random_layer(4096, 400 + i)).collect();
+    let image = oci_image(layers, Platform::linux("amd64"));
+    Pusher::new(&source).push_image("fresh/app", "v1", &image);
+    // Tokens really last five seconds, as the reply states, and the run
+    // is paced to take longer than that.
+    server.set_expires_in(Some(5));
+    server.set_token_lifetime(Some(5));
+    server.clear_requests();
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled, username: {USER}, password: {PASSWORD}, max_concurrency: 1, requests_per_second: 4}}\nrules:\n  - source: {src}/fresh/app\n    destinations: [{dst}/fresh/app]\n",
+            src = source.host(),
+            dst = proxy.host()
+        ),
+    );
+    let started = std::time::Instant::now();
+
+    apply(&Syncer::new(), &rules).expect_code(0);
+
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed > std::time::Duration::from_secs(6),
+        "the run ({elapsed:?}) did not outlast a token"
+    );
+    let rejected: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 401 && r.had_authorization)
+        .collect();
+    assert!(
+        rejected.is_empty(),
+        "a token was used until it expired: {rejected:?}"
+    );
+    let push_scope = "repository:fresh/app:pull,push";
+    let fetched = server
+        .requests()
+        .iter()
+        .filter(|r| r.scopes.iter().any(|s| s == push_scope))
+        .count();
+    assert!(
+        fetched >= 2,
+        "{fetched} tokens for {push_scope}: never refreshed"
+    );
+}
+
+#[test]
 fn anonymous_token_pulls_source() {
     let server = token_server(true);
     let source = token_registry(&server);

@@ -155,6 +155,7 @@ impl Transport {
         scope: &Scope,
     ) -> Result<Reply, RegistryError> {
         let permit = self.acquire().await;
+        self.pace().await;
         let info = RequestInfo::new(&method, &url);
         let mut builder = self.http.request(method, url).headers(headers).body(body);
         let sent = self.auth.header(scope).await?;
@@ -195,8 +196,18 @@ impl Transport {
         }
     }
 
+    /// Waits for the next slot of `requests_per_second`, if set. Callers
+    /// wait before taking a token from the cache, so a token never ages in
+    /// the queue past its refresh time.
+    async fn pace(&self) {
+        if let Some(rate) = &self.rate {
+            rate.wait().await;
+        }
+    }
+
     async fn attempt(&self, req: &Req) -> Attempt {
         let permit = self.acquire().await;
+        self.pace().await;
         let mut auth = match self.auth.header(&req.scope).await {
             Ok(auth) => auth,
             Err(error) => return Attempt::Failed(error, None),
@@ -218,6 +229,7 @@ impl Transport {
                     Ok(Some(next)) => {
                         auth = Some(next);
                         replayed = true;
+                        self.pace().await;
                         continue;
                     }
                     Ok(None) => {}
@@ -243,10 +255,9 @@ impl Transport {
     ) -> Result<Response, RegistryError> {
         let mut url = req.url.clone();
         let follows = req.method == Method::GET || req.method == Method::HEAD;
+        // Only the first hop goes to the registry; `requests_per_second`
+        // was applied to it by the caller, and redirects go to storage.
         for _ in 0..=MAX_REDIRECTS {
-            if let Some(rate) = &self.rate {
-                rate.wait().await;
-            }
             let info = RequestInfo::new(&req.method, &url);
             let mut builder = self
                 .http
