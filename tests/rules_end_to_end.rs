@@ -366,3 +366,55 @@ fn prune_without_delete_support_fails_deletions_only() {
     assert!(destination.manifest_digest("mirror/app", "v2").is_some());
     assert!(destination.manifest_digest("mirror/app", "old").is_some());
 }
+
+#[test]
+fn prune_keeps_digest_this_run_pushes() {
+    let pair = Pair::start();
+    let image = sample_image("pushed-now");
+    Pusher::new(&pair.source).push_image("team/app", "v1", &image);
+    // `old` is not produced, but its digest is the one `v1` brings, so
+    // deleting it would untag `v1` as well.
+    Pusher::new(&pair.destination).push_image("mirror/app", "old", &image);
+    let rules = pair.rules("prune.yaml", PRUNE_RULES);
+    let path = rules.to_str().unwrap();
+    let syncer = Syncer::new();
+
+    let plan = syncer.run(&["plan", path]).expect_code(0);
+    let apply = syncer
+        .run(&["apply", "--auto-approve", path])
+        .expect_code(0);
+
+    assert!(plan.stdout.contains("not deletable"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("also tagged v1"), "{}", plan.stdout);
+    assert!(apply.stdout.contains("1 created"), "{}", apply.stdout);
+    let mut tags = Pusher::new(&pair.destination).tags("mirror/app");
+    tags.sort();
+    assert_eq!(tags, ["old", "v1"]);
+}
+
+#[test]
+fn deletion_rechecks_tags_before_deleting() {
+    let pair = Pair::start();
+    Pusher::new(&pair.source).push_image("team/app", "v1", &sample_image("v1"));
+    let stale = sample_image("stale");
+    let destination = Pusher::new(&pair.destination);
+    destination.push_image("mirror/app", "old", &stale);
+    let rules = pair.rules("prune.yaml", PRUNE_RULES);
+    let path = rules.to_str().unwrap();
+    let saved = pair.dir.path().join("plan.json");
+    let saved = saved.to_str().unwrap();
+    let syncer = Syncer::new();
+    syncer.run(&["plan", "--out", saved, path]).expect_code(0);
+    // After review, someone signs the stale image: the protected tag
+    // shares the digest that the plan deletes.
+    destination.push_image("mirror/app", "release.sig", &stale);
+
+    let apply = syncer.run(&["apply", "--plan", saved, path]).expect_code(1);
+
+    let output = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(output.contains("also tagged release.sig"), "{output}");
+    assert!(output.contains("1 created"), "{output}");
+    let mut tags = destination.tags("mirror/app");
+    tags.sort();
+    assert_eq!(tags, ["old", "release.sig", "v1"]);
+}

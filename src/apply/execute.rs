@@ -17,7 +17,7 @@ use super::progress::Progress;
 use super::{Outcome, Report};
 use crate::oci::{Digest, Repository, Target};
 use crate::plan::{fetch_tree, rewritten_tree, Action, ImageTree, Operation, Plan, TreeCache};
-use crate::registry::{Registries, RegistryError};
+use crate::registry::{Access, Registries, RegistryError};
 use crate::rules::PlatformSpec;
 
 /// Knobs for an apply.
@@ -186,10 +186,33 @@ async fn source_tree(
 
 /// Deletes the manifest behind each deletion, once per digest, since a
 /// registry deletes by digest and so removes every tag pointing at it.
+/// Each repository's tags are read again first: a digest that another tag
+/// points at by now (pushed since the plan, or by this run) is not deleted.
 async fn delete_tags<'a>(
     deletions: &[&'a Operation],
     registries: &Registries,
 ) -> Vec<(&'a Operation, Outcome)> {
+    // Tags each digest may lose, by repository.
+    let mut planned: BTreeMap<(String, Repository), BTreeMap<Digest, Vec<String>>> =
+        BTreeMap::new();
+    for op in deletions {
+        if let (Some(digest), Some(tag)) = (&op.destination_digest, op.destination.tag()) {
+            planned
+                .entry((
+                    op.destination.registry.clone(),
+                    op.destination.repository.clone(),
+                ))
+                .or_default()
+                .entry(digest.clone())
+                .or_default()
+                .push(tag.to_string());
+        }
+    }
+    let mut current: HashMap<(String, Repository), Result<TagsByDigest, String>> = HashMap::new();
+    for (registry, repository) in planned.keys() {
+        let tags = tags_by_digest(registries, registry, repository).await;
+        current.insert((registry.clone(), repository.clone()), tags);
+    }
     let mut results: HashMap<(String, Repository, Digest), Outcome> = HashMap::new();
     let mut outcomes = Vec::new();
     for op in deletions {
@@ -210,18 +233,90 @@ async fn delete_tags<'a>(
             outcomes.push((*op, outcome.clone()));
             continue;
         }
-        let outcome = delete_manifest(
-            registries,
-            &destination.registry,
-            &destination.repository,
-            digest,
-        )
-        .await;
+        let repository_key = (destination.registry.clone(), destination.repository.clone());
+        let doomed = planned
+            .get(&repository_key)
+            .and_then(|digests| digests.get(digest))
+            .cloned()
+            .unwrap_or_default();
+        let outcome = match current.get(&repository_key) {
+            Some(Err(error)) => Outcome::Failed(format!(
+                "not deleted: reading the repository's tags again failed: {error}"
+            )),
+            Some(Ok(now)) => {
+                let others: Vec<&String> = now
+                    .get(digest)
+                    .into_iter()
+                    .flatten()
+                    .filter(|tag| !doomed.contains(tag))
+                    .collect();
+                if others.is_empty() {
+                    delete_manifest(
+                        registries,
+                        &destination.registry,
+                        &destination.repository,
+                        digest,
+                    )
+                    .await
+                } else {
+                    let names: Vec<&str> = others.iter().map(|t| t.as_str()).collect();
+                    Outcome::Failed(format!(
+                        "not deleted: {} is now also tagged {}, which the plan keeps; run plan again",
+                        digest.short(),
+                        names.join(", ")
+                    ))
+                }
+            }
+            None => Outcome::Failed("not deleted: the repository's tags were not read".into()),
+        };
         results.insert(key, outcome.clone());
         outcomes.push((*op, outcome));
     }
     outcomes
 }
+
+/// Tags of one repository, grouped by the digest each points at.
+type TagsByDigest = HashMap<Digest, Vec<String>>;
+
+/// Reads a repository's tags and the digest each points at now.
+async fn tags_by_digest(
+    registries: &Registries,
+    registry: &str,
+    repository: &Repository,
+) -> Result<TagsByDigest, String> {
+    let client = registries.client(registry).map_err(|e| e.to_string())?;
+    let tags = match client.tags_as(repository, Access::Push).await {
+        Ok(tags) => tags,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let heads: Vec<_> = stream::iter(tags)
+        .filter(|tag| std::future::ready(crate::oci::is_valid_tag(tag)))
+        .map(|tag| {
+            let client = &client;
+            async move {
+                let head = client
+                    .head_manifest_as(repository, &Target::Tag(tag.clone()), Access::Push)
+                    .await;
+                (tag, head)
+            }
+        })
+        .buffer_unordered(DELETE_CHECK_JOBS)
+        .collect()
+        .await;
+    let mut by_digest = TagsByDigest::new();
+    for (tag, head) in heads {
+        match head {
+            Ok(Some(head)) => by_digest.entry(head.digest).or_default().push(tag),
+            Ok(None) => {}
+            Err(e) => return Err(format!("{registry}/{repository}:{tag}: {e}")),
+        }
+    }
+    Ok(by_digest)
+}
+
+/// HEAD requests in flight while reading tags again before deletions.
+const DELETE_CHECK_JOBS: usize = 8;
 
 async fn delete_manifest(
     registries: &Registries,

@@ -88,7 +88,8 @@ pub async fn build_plan(
     for (op, item) in operations.iter_mut().zip(&desired_items) {
         decide(op, item.overwrite);
     }
-    operations.extend(plan_prune(&resolved.prune, &desired, registries, jobs).await?);
+    let deletions = plan_prune(&resolved.prune, &desired, &operations, registries, jobs).await?;
+    operations.extend(deletions);
     warnings.extend(fill_trees(&mut operations, registries, &cache, jobs).await?);
     check_blobs(&operations, registries, &cache, jobs).await?;
     let mut plan = Plan::new(operations, warnings, cache);

@@ -2,7 +2,7 @@
 //! operations, unless protected or unless deleting them would also remove
 //! a tag that is kept.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use futures::{stream, StreamExt};
 
@@ -17,9 +17,31 @@ use crate::registry::{Access, Registries};
 pub async fn plan_prune(
     scopes: &[PruneScope],
     desired: &[Desired],
+    copies: &[Operation],
     registries: &Registries,
     jobs: usize,
 ) -> Result<Vec<Operation>, Vec<PlanError>> {
+    // Digests the run leaves tagged in each repository. Deleting one of
+    // them would untag what the same run pushes.
+    let mut pushed: HashMap<(String, String), Vec<(String, Digest)>> = HashMap::new();
+    for op in copies {
+        let stays = matches!(
+            op.action,
+            Action::Create | Action::Update | Action::Unchanged
+        );
+        let (Some(tag), Some(digest)) = (op.destination.tag(), op.content_digest()) else {
+            continue;
+        };
+        if stays {
+            pushed
+                .entry((
+                    op.destination.registry.clone(),
+                    op.destination.repository.to_string(),
+                ))
+                .or_default()
+                .push((tag.to_string(), digest.clone()));
+        }
+    }
     let produced: HashSet<(String, String, String)> = desired
         .iter()
         .filter_map(|d| {
@@ -34,7 +56,9 @@ pub async fn plan_prune(
     let results: Vec<_> = stream::iter(scopes)
         .map(|scope| {
             let produced = &produced;
-            async move { prune_scope(scope, produced, registries, jobs).await }
+            let key = (scope.registry.clone(), scope.repository.to_string());
+            let pushed = pushed.get(&key).map_or(&[][..], Vec::as_slice);
+            async move { prune_scope(scope, produced, pushed, registries, jobs).await }
         })
         .buffered(jobs.max(1))
         .collect()
@@ -46,6 +70,7 @@ pub async fn plan_prune(
 async fn prune_scope(
     scope: &PruneScope,
     produced: &HashSet<(String, String, String)>,
+    pushed: &[(String, Digest)],
     registries: &Registries,
     jobs: usize,
 ) -> Result<Vec<Operation>, PlanError> {
@@ -55,7 +80,7 @@ async fn prune_scope(
         source,
     };
     let client = registries.client(&scope.registry).map_err(registry_error)?;
-    let tags = match client.tags(&scope.repository).await {
+    let tags = match client.tags_as(&scope.repository, Access::Push).await {
         Ok(tags) => tags,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
         Err(e) => return Err(registry_error(e)),
@@ -81,6 +106,9 @@ async fn prune_scope(
         if !candidates.contains(tag) {
             kept.entry(digest).or_insert(tag.as_str());
         }
+    }
+    for (tag, digest) in pushed {
+        kept.entry(digest).or_insert(tag.as_str());
     }
     let mut operations = Vec::new();
     for (tag, digest) in &digests {

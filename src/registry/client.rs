@@ -112,9 +112,18 @@ impl RegistryClient {
     /// Lists the tags of `repository`; a repository whose tags were all
     /// deleted has none.
     pub async fn tags(&self, repository: &Repository) -> Result<Vec<String>, RegistryError> {
+        self.tags_as(repository, Access::Pull).await
+    }
+
+    /// Like [`Self::tags`], asking for `access` to the repository.
+    pub async fn tags_as(
+        &self,
+        repository: &Repository,
+        access: Access,
+    ) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/{repository}/tags/list"));
         let mut tags = Vec::new();
-        for page in self.pages(first, Scope::pull(repository.as_str())).await? {
+        for page in self.pages(first, access.scope(repository)).await? {
             let page: TagsPage = parse_json(&page.0, &page.1)?;
             tags.extend(page.tags.unwrap_or_default());
         }
