@@ -418,3 +418,41 @@ fn deletion_rechecks_tags_before_deleting() {
     tags.sort();
     assert_eq!(tags, ["old", "release.sig", "v1"]);
 }
+
+#[test]
+fn prune_spares_source_without_tags() {
+    let pair = Pair {
+        source: Registry::start_with(RegistryOptions {
+            delete_enabled: true,
+            ..RegistryOptions::default()
+        }),
+        destination: Registry::start(),
+        dir: TempDir::new().unwrap(),
+    };
+    let source = Pusher::new(&pair.source);
+    source.push_image("team/kept", "v1", &sample_image("kept"));
+    let gone = source.push_image("team/gone", "v1", &sample_image("gone"));
+    let rules = pair.rules(
+        "glob.yaml",
+        "rules:\n  - name: all\n    source: SRC/team/**\n    destinations: [DST/mirror]\n    prune: true\n",
+    );
+    let path = rules.to_str().unwrap();
+    let syncer = Syncer::new();
+    syncer
+        .run(&["apply", "--auto-approve", path])
+        .expect_code(0);
+    // The registry still lists the repository, now with `"tags": null`.
+    source.delete_manifest("team/gone", &gone);
+    Pusher::new(&pair.destination).push_image("mirror/kept", "stale", &sample_image("stale"));
+
+    let apply = syncer
+        .run(&["apply", "--auto-approve", path])
+        .expect_code(0);
+
+    let output = format!("{}{}", apply.stdout, apply.stderr);
+    assert!(output.contains("not pruning"), "{output}");
+    assert!(apply.stdout.contains("1 deleted"), "{}", apply.stdout);
+    let copy = Pusher::new(&pair.destination);
+    assert_eq!(copy.tags("mirror/gone"), ["v1"]);
+    assert_eq!(copy.tags("mirror/kept"), ["v1"]);
+}

@@ -129,8 +129,21 @@ pub async fn resolve_all(
         }
     }
     // Every destination repository of a pruning rule is a target, even
-    // one whose source has no selected tag left.
+    // one whose source has no selected tag left. A source repository that
+    // lists no tags at all is more likely unreadable or half-deleted than
+    // meant to empty its mirror, so its destinations are left alone.
     for (rule, repository) in &sources {
+        let listed = tag_lists.get(&(rule.source.registry().to_string(), repository.clone()));
+        let listed_nothing = !matches!(rule.source, Source::Image { .. })
+            && listed.is_none_or(|tags| tags.is_empty());
+        if rule.prune && listed_nothing {
+            warnings.push(format!(
+                "rule {:?}: not pruning the destinations of {}/{repository}, because it lists no tags (deleted, or not readable with these credentials); delete them by hand if that is intended",
+                rule.name,
+                rule.source.registry()
+            ));
+            continue;
+        }
         for destination in &rule.destinations {
             if let Ok(dest_repo) = destination.repository_for(&rule.source, repository) {
                 add_prune_scope(&mut prune, rule, &destination.registry, &dest_repo);
