@@ -234,10 +234,14 @@ fn expired_token_is_fetched_again_once() {
         // whole, starting with a new upload session.
         if failed.method == "PUT" && failed.path_and_query.contains("/blobs/uploads/") {
             let digest = query_param(&failed.path_and_query, "digest");
+            // Under load a retry can meet the next expiry too, so look for
+            // the upload that finally succeeded.
             let put = later
                 .iter()
                 .position(|r| {
-                    r.method == "PUT" && query_param(&r.path_and_query, "digest") == digest
+                    r.method == "PUT"
+                        && r.status == 201
+                        && query_param(&r.path_and_query, "digest") == digest
                 })
                 .unwrap_or_else(|| panic!("blob of {failed:?} was never uploaded again"));
             let retry = &later[put];
@@ -259,8 +263,12 @@ fn expired_token_is_fetched_again_once() {
         }
         let replay = later
             .iter()
-            .find(|r| r.method == failed.method && r.path_and_query == failed.path_and_query)
-            .unwrap_or_else(|| panic!("no replay after {failed:?}"));
+            .find(|r| {
+                r.method == failed.method
+                    && r.path_and_query == failed.path_and_query
+                    && r.status != 401
+            })
+            .unwrap_or_else(|| panic!("no successful replay after {failed:?}"));
         assert!(replay.had_authorization, "{replay:?}");
         assert_ne!(
             replay.status, 401,

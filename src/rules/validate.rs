@@ -11,7 +11,7 @@ use super::load::{expand_value, parse_source, FileContext, RuleSite};
 use super::locate::YamlPath;
 use super::raw::{RawDefaults, RawRule, RawTags};
 use super::{Destination, Diagnostic, FilterError, PlatformSpec, Protect, Rule, Source, TagFilter};
-use crate::oci::Target;
+use crate::oci::{Repository, Target};
 
 /// Tags prune leaves alone unless a rule sets `protect:`: cosign's
 /// signature, attestation and SBOM tags and other `sha256-<hex>` tags that
@@ -168,11 +168,65 @@ fn destinations(
             Ok(d) if d.tag.is_some() && !matches!(source, Some(Source::Image { .. }) | None) => {
                 errors.push(at, format!("destination {text:?} has a tag, but only a single-image source (`repo:tag` or `repo@digest`) can be written under another tag"));
             }
-            Ok(d) => destinations.push(d),
+            Ok(d) => match source.and_then(|source| overlap(source, &d)) {
+                Some(message) => errors.push(at, format!("destination {text:?} {message}")),
+                None => destinations.push(d),
+            },
             Err(e) => errors.push(at, e),
         }
     }
     (errors.len() == before).then_some(destinations)
+}
+
+/// Explains why `destination` writes into its own source, if it does. Such
+/// a rule would rewrite source indexes for `platforms:`, let `prune:`
+/// delete source tags, or, for a glob, copy its own copies again on every
+/// run.
+fn overlap(source: &Source, destination: &Destination) -> Option<String> {
+    if destination.registry != source.registry() {
+        return None;
+    }
+    match source {
+        Source::Repository { repository, .. } => {
+            let mapped = destination.repository_for(source, repository).ok()?;
+            (mapped == *repository).then(|| "is the source repository itself".to_string())
+        }
+        Source::Image {
+            repository, target, ..
+        } => {
+            let mapped = destination.repository_for(source, repository).ok()?;
+            let same_tag = match (&destination.tag, target) {
+                (None, _) => true,
+                (Some(tag), Target::Tag(source_tag)) => tag == source_tag,
+                (Some(_), Target::Digest(_)) => false,
+            };
+            (mapped == *repository && same_tag).then(|| "is the source image itself".to_string())
+        }
+        Source::Glob { matcher, fixed, .. } => {
+            // Probe with paths the glob may match: a destination that maps
+            // one of them to a path the glob matches too is inside it.
+            let prefix = if fixed.is_empty() {
+                String::new()
+            } else {
+                format!("{fixed}/")
+            };
+            let inside = ["probe", "probe/name"].iter().any(|probe| {
+                let Ok(sample) = Repository::parse(&format!("{prefix}{probe}")) else {
+                    return false;
+                };
+                if !matcher.is_match(sample.as_str()) {
+                    return false;
+                }
+                destination
+                    .repository_for(source, &sample)
+                    .is_ok_and(|mapped| matcher.is_match(mapped.as_str()))
+            });
+            let identity = destination.path == "{repo}";
+            (inside || identity).then(|| {
+                "lies inside the source glob, so each run would copy its own copies again (and prune could delete source tags); write to another registry or a path the glob does not match".to_string()
+            })
+        }
+    }
 }
 
 /// Compiles the rule's tag filters merged over the defaults. The rule's
