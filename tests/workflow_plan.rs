@@ -294,3 +294,66 @@ fn shards_cover_plan_exactly_once() {
         shard_of_repository.values().filter(|s| **s == 0).count()
     );
 }
+
+#[test]
+fn edited_saved_plan_is_rejected() {
+    let source = Registry::start_with(testkit::registry::RegistryOptions {
+        delete_enabled: true,
+        ..Default::default()
+    });
+    let dest = Registry::start();
+    let dir = TempDir::new().unwrap();
+    let pusher = Pusher::new(&source);
+    pusher.push_image("ns/app", "v1", &sample_image("edit-v1"));
+    let v2 = pusher.push_image("ns/app", "v2", &sample_image("edit-v2"));
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled}}\nrules:\n  - name: app\n    source: {src}/ns/app:v1\n    destinations: [{dst}/mirror/app]\n",
+            src = source.host(),
+            dst = dest.host()
+        ),
+    );
+    let rules = rules.to_str().unwrap();
+    let plan_file = dir.path().join("plan.json");
+    let plan_path = plan_file.to_str().unwrap();
+    let syncer = Syncer::new();
+    syncer
+        .run(&["plan", "--out", plan_path, rules])
+        .expect_code(0);
+    let saved = read_json(&plan_file);
+
+    // One copy aimed elsewhere, and one deletion of a source tag that no
+    // rule prunes, each with digests that pass the staleness check.
+    let mut elsewhere = saved.clone();
+    let destination = format!("{}/not-in-rules/app:v1", dest.host());
+    elsewhere["plan"]["operations"][0]["destination"] = Value::from(destination.as_str());
+    let mut deletion = saved.clone();
+    let mut delete = saved["plan"]["operations"][0].clone();
+    let source_tag = format!("{}/ns/app:v2", source.host());
+    delete["action"] = Value::from("delete");
+    delete["source"] = Value::from(source_tag.as_str());
+    delete["destination"] = Value::from(source_tag.as_str());
+    delete["destination_digest"] = Value::from(v2.as_str());
+    deletion["plan"]["operations"]
+        .as_array_mut()
+        .unwrap()
+        .push(delete);
+
+    for (name, edited) in [("elsewhere", elsewhere), ("deletion", deletion)] {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, edited.to_string()).unwrap();
+
+        let run = syncer
+            .run(&["apply", "--plan", path.to_str().unwrap(), rules])
+            .expect_code(1);
+
+        assert!(
+            run.stderr.contains("does not match the rules"),
+            "{name}: {}",
+            run.stderr
+        );
+    }
+    assert!(Pusher::new(&dest).catalog().is_empty());
+    assert_eq!(pusher.manifest_digest("ns/app", "v2"), Some(v2));
+}

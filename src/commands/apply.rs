@@ -12,9 +12,10 @@ use super::plan::{make_plan, print_errors};
 use super::{load_rules, registries, Exit};
 use crate::apply::{execute, ApplyOptions, Progress, ProgressMode, Report};
 use crate::cli::ApplyArgs;
-use crate::plan::saved::{find_moved, Moved, SavedPlan};
+use crate::plan::saved::{check_against_rules, find_moved, Moved, SavedPlan};
 use crate::plan::{render, Plan};
 use crate::registry::Registries;
+use crate::rules::Rules;
 
 /// Rules path used when none is given.
 const DEFAULT_RULES: &str = "rules";
@@ -96,7 +97,9 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
 
     let registries = registries(&rules);
     let plan = match saved {
-        Some((path, saved)) => load_saved_plan(path, saved, &rules_path, args, &registries).await?,
+        Some((path, saved)) => {
+            load_saved_plan(path, saved, &rules_path, &rules, args, &registries).await?
+        }
         None => make_plan(&rules, &registries, args.jobs.into(), args.shard).await,
     };
     let plan = match plan {
@@ -164,26 +167,39 @@ fn take_lock(args: &ApplyArgs, rules: &Path) -> anyhow::Result<Result<ApplyLock,
 async fn load_saved_plan(
     path: &Path,
     saved: SavedPlan,
-    rules: &Path,
+    rules_path: &Path,
+    rules: &Rules,
     args: &ApplyArgs,
     registries: &Registries,
 ) -> anyhow::Result<Result<Plan, Exit>> {
-    let rules = std::fs::canonicalize(rules).unwrap_or_else(|_| rules.to_path_buf());
-    if saved.rules != rules.display().to_string() {
+    let canonical = std::fs::canonicalize(rules_path).unwrap_or_else(|_| rules_path.to_path_buf());
+    if saved.rules != canonical.display().to_string() {
         warn!(
             planned_with = %saved.rules,
-            applying_with = %rules.display(),
+            applying_with = %canonical.display(),
             "the saved plan was made from other rules; applying its operations with these rules' registry settings"
         );
     }
-    let mut plan = saved.plan;
-    if let Some(shard) = args.shard {
-        let operations = plan
-            .operations
-            .into_iter()
-            .filter(|op| shard.contains(&op.destination))
-            .collect();
-        plan = Plan::new(operations, plan.warnings, plan.cache);
+    let saved_plan = saved.plan;
+    let operations = saved_plan
+        .operations
+        .into_iter()
+        .filter(|op| {
+            args.shard
+                .is_none_or(|shard| shard.contains(&op.destination))
+        })
+        .collect();
+    // The summary is counted again from the operations, never trusted.
+    let plan = Plan::new(operations, saved_plan.warnings, saved_plan.cache);
+    if let Err(problems) = check_against_rules(&plan, rules, registries, args.jobs.into()).await {
+        eprintln!(
+            "Error: the saved plan {} does not match the rules, so nothing was applied. Make a new plan.",
+            path.display()
+        );
+        for problem in problems {
+            eprintln!("  {problem}");
+        }
+        return Ok(Err(Exit::Failure));
     }
     let moved = match find_moved(&plan, registries, args.jobs.into()).await {
         Ok(moved) => moved,

@@ -2,15 +2,16 @@
 //! `syncer apply --plan` reads, and the check that nothing it observed has
 //! moved since.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use futures::{stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{Plan, PlanError};
+use super::{resolve_all, Action, Plan, PlanError};
 use crate::oci::{Digest, Reference};
 use crate::registry::{Access, Registries};
+use crate::rules::Rules;
 
 /// Version of the plan file layout. A reader rejects any other version.
 pub const FORMAT_VERSION: u32 = 1;
@@ -172,5 +173,66 @@ pub async fn find_moved(
         Ok(moved)
     } else {
         Err(errors)
+    }
+}
+
+/// Checks that every write and delete of a saved plan is one the rules
+/// produce now: a plan file is data anyone with write access to it could
+/// edit, and apply runs it without a prompt. Returns one message per
+/// operation the rules do not produce.
+pub async fn check_against_rules(
+    plan: &Plan,
+    rules: &Rules,
+    registries: &Registries,
+    jobs: usize,
+) -> Result<(), Vec<String>> {
+    let resolved = resolve_all(rules, registries, jobs)
+        .await
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let copies: HashSet<(&str, &Reference, &Reference)> = resolved
+        .desired
+        .iter()
+        .map(|d| (d.rule.as_str(), &d.source, &d.destination))
+        .collect();
+    let produced: HashSet<&Reference> = resolved.desired.iter().map(|d| &d.destination).collect();
+    let mut problems = Vec::new();
+    let mut seen = HashSet::new();
+    for op in &plan.operations {
+        if !op.action.is_change() {
+            continue;
+        }
+        if !seen.insert(&op.destination) {
+            problems.push(format!("{} appears more than once", op.destination));
+            continue;
+        }
+        let allowed = match op.action {
+            Action::Delete => {
+                let scope = resolved.prune.iter().find(|scope| {
+                    scope.rule == op.rule
+                        && scope.registry == op.destination.registry
+                        && scope.repository == op.destination.repository
+                });
+                match (scope, op.destination.tag()) {
+                    (Some(scope), Some(tag)) => {
+                        !produced.contains(&op.destination) && !scope.protect.is_protected(tag)
+                    }
+                    _ => false,
+                }
+            }
+            _ => copies.contains(&(op.rule.as_str(), &op.source, &op.destination)),
+        };
+        if !allowed {
+            problems.push(format!(
+                "{} {} (rule {:?}) is not an operation these rules produce",
+                op.action.symbol(),
+                op.destination,
+                op.rule
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }
