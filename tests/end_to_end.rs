@@ -314,3 +314,58 @@ fn failed_image_does_not_stop_others() {
     );
     assert_eq!(plain.manifest_digest("copy/broken", "v1"), None);
 }
+
+#[test]
+fn unreachable_destination_spares_the_others() {
+    let estate = Estate::start();
+    let image = sample_image("spared");
+    Pusher::new(&estate.source).push_image("fan/app", "v1", &image);
+    // A port that was free a moment ago: connections are refused.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    let rules = estate.dir.path().join("fan.yaml");
+    let report = estate.dir.path().join("report.json");
+    let text = format!(
+        "registries:\n  {src}: {{tls: disabled}}\n  {good}: {{tls: disabled}}\n  {dead}: {{tls: disabled, retries: 0}}\nrules:\n  - source: {src}/fan/app\n    destinations: [{good}/fan/app, {dead}/fan/app]\n",
+        src = estate.source.host(),
+        good = estate.plain.host(),
+    );
+    std::fs::write(&rules, text).unwrap();
+
+    let plan = estate
+        .syncer()
+        .run(&["plan", "--detailed-exitcode", rules.to_str().unwrap()])
+        .expect_code(1);
+    let run = estate
+        .syncer()
+        .run(&[
+            "apply",
+            "--auto-approve",
+            "--report",
+            report.to_str().unwrap(),
+            rules.to_str().unwrap(),
+        ])
+        .expect_code(1);
+
+    let failure = format!("{dead}/fan/app:v1 from");
+    assert!(plan.stderr.contains(&failure), "{}", plan.stderr);
+    assert!(plan.stdout.contains("1 to create"), "{}", plan.stdout);
+    assert!(run.stdout.contains(&failure), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Apply complete: 1 created, 0 updated, 0 unchanged, 1 failed."),
+        "{}",
+        run.stdout
+    );
+    let plain = Pusher::new(&estate.plain);
+    assert_eq!(
+        plain.manifest_digest("fan/app", "v1"),
+        Some(image.digest.clone())
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["failed"], 1);
+    assert!(report["not_planned"][0].as_str().unwrap().contains(&dead));
+}

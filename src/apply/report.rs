@@ -43,12 +43,22 @@ pub struct Report {
     /// `bytes_copied` over `seconds`: the rate of reading the sources.
     pub bytes_per_second: u64,
     pub operations: Vec<OperationResult>,
+    /// Copies that could not be planned because a registry failed; each
+    /// counts in `failed`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_planned: Vec<String>,
     /// Reason nothing was applied, for a run that stopped before copying.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
 impl Report {
+    /// Records copies that could not be planned as failures.
+    pub fn add_not_planned(&mut self, failures: &[String]) {
+        self.failed += failures.len();
+        self.not_planned.extend(failures.iter().cloned());
+    }
+
     /// Returns the report of a run that stopped before copying anything.
     pub fn not_applied(reason: String) -> Self {
         Report {
@@ -86,6 +96,9 @@ impl Report {
     /// Human summary: each failure with its error, then the totals.
     pub fn text(&self) -> String {
         let mut out = String::new();
+        for failure in &self.not_planned {
+            let _ = writeln!(out, "Error: {failure}");
+        }
         for result in &self.operations {
             if let Outcome::Failed(error) = &result.outcome {
                 let _ = writeln!(out, "Error: {}: {error}", result.operation.destination);

@@ -111,13 +111,19 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
     if !plan.has_changes() {
         // As after any apply, the summary line closes the output, so cron
         // logs and alerting read the same line every night.
-        let report = Report {
+        let mut report = Report {
             unchanged: plan.summary.unchanged,
             ..Report::default()
         };
+        report.add_not_planned(&plan.failures);
         println!();
         print!("{}", report.text());
-        return Ok((Exit::Success, report));
+        let exit = if report.has_failures() {
+            Exit::Failure
+        } else {
+            Exit::Success
+        };
+        return Ok((exit, report));
     }
     if needs_approval && !confirm()? {
         println!("Apply cancelled.");
@@ -129,7 +135,8 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
         blob_attempts: BLOB_ATTEMPTS,
     };
     let mut progress = Progress::new(ProgressMode::detect());
-    let report = execute(&plan, &registries, &options, &progress).await;
+    let mut report = execute(&plan, &registries, &options, &progress).await;
+    report.add_not_planned(&plan.failures);
     progress.finish();
     println!();
     print!("{}", report.text());
@@ -190,7 +197,8 @@ async fn load_saved_plan(
         })
         .collect();
     // The summary is counted again from the operations, never trusted.
-    let plan = Plan::new(operations, saved_plan.warnings, saved_plan.cache);
+    let mut plan = Plan::new(operations, saved_plan.warnings, saved_plan.cache);
+    plan.failures = saved_plan.failures;
     if let Err(problems) = check_against_rules(&plan, rules, registries, args.jobs.into()).await {
         eprintln!(
             "Error: the saved plan {} does not match the rules, so nothing was applied. Make a new plan.",

@@ -25,10 +25,19 @@ pub async fn run(args: &PlanArgs) -> anyhow::Result<Exit> {
         PlanFormat::Markdown => print!("{}", render::markdown(&plan)),
     }
     let has_changes = plan.has_changes();
+    let failures = plan.failures.len();
+    if failures > 0 {
+        print_errors("planning failed for some copies", &plan.failures);
+    }
     if let Some(path) = &args.out {
         let saved = SavedPlan::new(plan, &args.rules.rules, args.shard.map(|s| s.to_string()));
         saved.write(path)?;
         info!(path = %path.display(), "saved the plan");
+    }
+    // A plan missing copies is a failure, even though the rest of it is
+    // printed (and saved) for review.
+    if failures > 0 {
+        return Ok(Exit::Failure);
     }
     if args.detailed_exitcode && has_changes {
         return Ok(Exit::Changes);

@@ -57,11 +57,24 @@ pub async fn build_plan(
             .retain(|scope| shard.contains_repository(&scope.registry, &scope.repository));
     }
     let (desired, mut warnings) = (resolved.desired, resolved.warnings);
-    let heads = head_all(&desired, registries, jobs).await?;
+    let (heads, failed) = head_all(&desired, registries, jobs).await;
     let mut operations = Vec::new();
     let mut desired_items = Vec::new();
     let mut errors = Vec::new();
+    // A registry that fails its HEAD requests costs only the copies that
+    // touch it; the others are planned and applied as usual.
+    let mut failures = Vec::new();
     for item in &desired {
+        if let Some(error) = failed
+            .get(&item.source)
+            .or_else(|| failed.get(&item.destination))
+        {
+            failures.push(format!(
+                "{} from {}: not planned: {error}",
+                item.destination, item.source
+            ));
+            continue;
+        }
         match heads.get(&item.source).cloned().flatten() {
             Some(source) => {
                 let destination = heads.get(&item.destination).cloned().flatten();
@@ -88,11 +101,19 @@ pub async fn build_plan(
     for (op, item) in operations.iter_mut().zip(&desired_items) {
         decide(op, item.overwrite);
     }
-    let deletions = plan_prune(&resolved.prune, &desired, &operations, registries, jobs).await?;
-    operations.extend(deletions);
+    // Deletions are planned only when every copy was: a repository whose
+    // copies failed to plan could otherwise lose tags they would produce.
+    if failures.is_empty() {
+        let deletions =
+            plan_prune(&resolved.prune, &desired, &operations, registries, jobs).await?;
+        operations.extend(deletions);
+    } else if !resolved.prune.is_empty() {
+        warnings.push("prune skipped: some copies could not be planned".to_string());
+    }
     warnings.extend(fill_trees(&mut operations, registries, &cache, jobs).await?);
     check_blobs(&operations, registries, &cache, jobs).await?;
     let mut plan = Plan::new(operations, warnings, cache);
+    plan.failures = failures;
     count_blobs(&mut plan);
     Ok(plan)
 }
@@ -223,11 +244,16 @@ async fn select_platforms(
 
 /// HEADs every distinct reference once: a source fanned out to several
 /// destinations costs one request.
+/// HEADs every source and destination once. Returns the heads, and the
+/// error of each reference whose request failed.
 async fn head_all(
     desired: &[Desired],
     registries: &Registries,
     jobs: usize,
-) -> Result<HashMap<Reference, Option<ManifestHead>>, Vec<PlanError>> {
+) -> (
+    HashMap<Reference, Option<ManifestHead>>,
+    HashMap<Reference, RegistryError>,
+) {
     // Destinations ask for push access from the first request, so a token
     // server hands out one token per destination repository, not two.
     let mut references = BTreeMap::new();
@@ -253,14 +279,19 @@ async fn head_all(
         .buffer_unordered(jobs)
         .collect()
         .await;
-    collect_results(results.into_iter().map(|(reference, head)| {
-        head.map(|h| (reference.clone(), h))
-            .map_err(|source| PlanError::Registry {
-                reference: reference.to_string(),
-                source,
-            })
-    }))
-    .map(|pairs| pairs.into_iter().collect())
+    let mut heads = HashMap::new();
+    let mut failed = HashMap::new();
+    for (reference, head) in results {
+        match head {
+            Ok(head) => {
+                heads.insert(reference, head);
+            }
+            Err(error) => {
+                failed.insert(reference, error);
+            }
+        }
+    }
+    (heads, failed)
 }
 
 /// Fetches the content tree of every changed operation's source.

@@ -118,6 +118,11 @@ pub struct Plan {
     /// Problems that did not stop planning, such as skipped tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Copies that could not be planned because a registry failed, each
+    /// with its error. The rest of the plan is kept; a run that has any
+    /// exits 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
     /// Manifests and blob checks fetched while planning, so an apply in the
     /// same process does not fetch them again.
     #[serde(skip)]
@@ -143,6 +148,7 @@ impl Plan {
             operations,
             summary,
             warnings,
+            failures: Vec::new(),
             cache,
         }
     }

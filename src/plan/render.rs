@@ -223,6 +223,17 @@ pub fn markdown(plan: &Plan) -> String {
         let title = format!("{count} skipped");
         out.push_str(&fold(&title, count, &table));
     }
+    if !plan.failures.is_empty() {
+        let list: String = plan
+            .failures
+            .iter()
+            .map(|failure| format!("- {}\n", failure.replace('\n', " ")))
+            .collect();
+        let count = plan.failures.len();
+        let title = format!("{count} not planned");
+        let _ = writeln!(out, "**{count} not planned because a registry failed:**\n");
+        out.push_str(&fold(&title, count, &list));
+    }
     if !plan.warnings.is_empty() {
         let list: String = plan
             .warnings
