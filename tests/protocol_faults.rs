@@ -228,6 +228,31 @@ fn reset_mid_blob_is_retried() {
 }
 
 #[test]
+fn source_stalled_mid_blob_gets_new_session() {
+    let setup = Setup::start(Faults {
+        stall_blob_get: 1,
+        stall_for: Duration::from_secs(4),
+        ..Faults::default()
+    });
+    let rules = setup.rules(", read_timeout: 1s");
+
+    apply(&rules).expect_code(0);
+
+    assert_eq!(setup.faults_fired(&FaultKind::StalledMidBody), 1);
+    assert_eq!(setup.copied_digest(), Some(setup.image.digest.clone()));
+    // The stalled blob's upload was abandoned and the blob sent again in a
+    // new session: one more session than blobs, and no partial blob.
+    let blobs = setup.image.blobs().count();
+    let sessions = setup.destination.count_requests("POST", "/blobs/uploads/");
+    assert_eq!(sessions, blobs + 1);
+    let destination = Pusher::new(&setup.destination);
+    for blob in setup.image.blobs() {
+        let bytes = destination.get_blob("fault/app", &blob.digest);
+        assert_eq!(bytes.as_deref(), Some(blob.bytes.as_slice()));
+    }
+}
+
+#[test]
 fn flipped_byte_is_retried_once() {
     let setup = Setup::start(Faults {
         flip_byte_blob_get: 1,
@@ -413,6 +438,8 @@ fn every_fault() -> Faults {
         paginate_tags: Some(2),
         lose_patch_reply: 2,
         delay: Some(Duration::from_millis(5)),
+        stall_blob_get: 1,
+        stall_for: Duration::from_millis(500),
     }
 }
 

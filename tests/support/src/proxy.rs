@@ -315,6 +315,12 @@ pub struct Faults {
     /// `reset_blob_get`) get the byte in the middle of the body XORed with
     /// 0xff; the length and all headers stay unchanged.
     pub flip_byte_blob_get: u32,
+    /// The first N successful blob GETs (after resets and flips) send the
+    /// first half of the body, then pause for `stall_for` before the rest,
+    /// as a source that stalls mid-transfer does.
+    pub stall_blob_get: u32,
+    /// Length of each `stall_blob_get` pause.
+    pub stall_for: Duration,
     /// Response headers removed from every reply from upstream, matched
     /// case-insensitively (e.g. `"Docker-Content-Digest"`).
     pub strip_response_headers: Vec<String>,
@@ -359,6 +365,8 @@ pub enum FaultKind {
     ResetMidBody,
     /// One body byte flipped by `flip_byte_blob_get`.
     FlippedByte,
+    /// Body paused half-way by `stall_blob_get`.
+    StalledMidBody,
     /// A tag list cut into a page by `paginate_tags`.
     PaginatedTags,
     /// Reply dropped after upstream handled the PATCH (`lose_patch_reply`).
@@ -597,6 +605,7 @@ struct Counters {
     sent_5xx: u32,
     resets: u32,
     flips: u32,
+    stalls: u32,
     lost_patches: u32,
     next_ticket: u64,
 }
@@ -748,6 +757,9 @@ impl Shared {
         } else if c.flips < faults.flip_byte_blob_get {
             c.flips += 1;
             Some(FaultKind::FlippedByte)
+        } else if c.stalls < faults.stall_blob_get {
+            c.stalls += 1;
+            Some(FaultKind::StalledMidBody)
         } else {
             None
         }
@@ -903,7 +915,7 @@ async fn handle_proxy(
     let mut fault = None;
     let body = if kind == Kind::BlobGet && status.is_success() {
         fault = sh.take_blob_fault(&faults);
-        wrap_blob_body(ubody, &uparts.headers, fault.as_ref())
+        wrap_blob_body(ubody, &uparts.headers, fault.as_ref(), faults.stall_for)
     } else {
         incoming_body(ubody)
     };
@@ -914,7 +926,12 @@ async fn handle_proxy(
     Ok(resp)
 }
 
-fn wrap_blob_body(body: Incoming, headers: &HeaderMap, fault: Option<&FaultKind>) -> ProxyBody {
+fn wrap_blob_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    fault: Option<&FaultKind>,
+    stall_for: Duration,
+) -> ProxyBody {
     let len = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -922,6 +939,7 @@ fn wrap_blob_body(body: Incoming, headers: &HeaderMap, fault: Option<&FaultKind>
     let fault = match fault {
         Some(FaultKind::ResetMidBody) => BodyFault::Cut(len.map_or(0, |l| l / 2)),
         Some(FaultKind::FlippedByte) => BodyFault::Flip(len.map_or(0, |l| l / 2)),
+        Some(FaultKind::StalledMidBody) => BodyFault::Stall(len.map_or(0, |l| l / 2), stall_for),
         _ => return incoming_body(body),
     };
     FaultBody {
@@ -929,6 +947,7 @@ fn wrap_blob_body(body: Incoming, headers: &HeaderMap, fault: Option<&FaultKind>
         fault,
         pos: 0,
         cutting: None,
+        held: None,
         done: false,
     }
     .boxed_unsync()
@@ -1123,7 +1142,7 @@ async fn handle_storage(
     let mut fault = None;
     let body = if parts.method == Method::GET && uparts.status.is_success() {
         fault = sh.take_blob_fault(&faults);
-        wrap_blob_body(ubody, &uparts.headers, fault.as_ref())
+        wrap_blob_body(ubody, &uparts.headers, fault.as_ref(), faults.stall_for)
     } else {
         incoming_body(ubody)
     };
@@ -1237,6 +1256,8 @@ enum BodyFault {
     Cut(u64),
     /// XOR the byte at this offset with 0xff.
     Flip(u64),
+    /// Pause this long once this many bytes went out, then go on.
+    Stall(u64, Duration),
 }
 
 /// A blob body with one fault applied while streaming.
@@ -1247,6 +1268,8 @@ struct FaultBody {
     /// After the cut: a short pause so hyper flushes what was sent, then an
     /// error that makes hyper abort the connection.
     cutting: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes kept back until a stall ends.
+    held: Option<Bytes>,
     done: bool,
 }
 
@@ -1267,12 +1290,27 @@ impl Body for FaultBody {
                 this.cutting = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
             }
         }
+        if let BodyFault::Stall(at, pause) = this.fault {
+            if this.pos >= at {
+                let sleep = this
+                    .cutting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+                ready!(sleep.as_mut().poll(cx));
+                // Once paused, the rest of the body flows unchanged.
+                this.fault = BodyFault::Stall(u64::MAX, pause);
+                this.cutting = None;
+            }
+        }
         if let Some(sleep) = this.cutting.as_mut() {
             ready!(sleep.as_mut().poll(cx));
             this.done = true;
             return Poll::Ready(Some(Err(
                 "testkit proxy: connection dropped mid-blob (injected)".into(),
             )));
+        }
+        if let Some(held) = this.held.take() {
+            this.pos += held.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(held))));
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             None => {
@@ -1288,6 +1326,13 @@ impl Body for FaultBody {
                 let start = this.pos;
                 let end = start + data.len() as u64;
                 let data = match this.fault {
+                    BodyFault::Stall(at, _) if start < at && end > at => {
+                        // Send up to the pause point now, the rest after it.
+                        let keep = (at - start) as usize;
+                        this.pos = at;
+                        this.held = Some(data.slice(keep..));
+                        data.slice(0..keep)
+                    }
                     BodyFault::Cut(at) if end > at => {
                         let keep = (at - start) as usize;
                         this.pos = at;
