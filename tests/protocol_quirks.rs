@@ -830,3 +830,61 @@ fn permanent_statuses_are_not_retried() {
         assert_eq!(count, expected, "{status}: {}", run.stderr);
     }
 }
+
+#[test]
+fn overlong_blob_body_is_cut_off() {
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer = random_layer(2048, 77);
+    let config_digest = sha256_digest(&config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.bytes.len()}]
+    })
+    .to_string()
+    .into_bytes();
+    let manifest_digest = sha256_digest(&manifest);
+    // The layer is served with 4 KiB more than its descriptor's size.
+    let mut overlong = layer.bytes.clone();
+    overlong.extend(std::iter::repeat_n(0u8, 4096));
+    let layer_path = format!("/v2/long/app/blobs/{}", layer.digest);
+    let config_path = format!("/v2/long/app/blobs/{config_digest}");
+    let host = scripted_server(move |_, target| {
+        let reply = |body: Vec<u8>, content_type: &str| Reply {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), content_type.into()),
+                ("Docker-Content-Digest".into(), manifest_digest.clone()),
+            ],
+            body,
+        };
+        if target.starts_with("/v2/long/app/manifests/") {
+            reply(
+                manifest.clone(),
+                "application/vnd.oci.image.manifest.v1+json",
+            )
+        } else if target == layer_path {
+            reply(overlong.clone(), "application/octet-stream")
+        } else if target == config_path {
+            reply(config.clone(), "application/octet-stream")
+        } else {
+            json_reply(200, serde_json::json!({}), None)
+        }
+    });
+    let destination = Registry::start();
+    let dir = TempDir::new().unwrap();
+    let text = format!(
+        "registries:\n  {host}: {{tls: disabled, retries: 0}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {host}/long/app:v1\n    destinations: [{dst}/long/app]\n",
+        dst = destination.host()
+    );
+    let rules = write_rules(dir.path(), "rules.yaml", &text);
+
+    let run = apply(&Syncer::new(), &rules);
+
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("size mismatch"), "{}", run.stdout);
+    let copy = Pusher::new(&destination);
+    assert_eq!(copy.get_blob("long/app", &layer.digest), None);
+    assert_eq!(copy.manifest_digest("long/app", "v1"), None);
+}

@@ -34,20 +34,23 @@ pub struct SavedPlan {
 /// Error reading or writing a plan file.
 #[derive(Debug, thiserror::Error)]
 pub enum SavedPlanError {
-    #[error("cannot read plan file {path}: {source}")]
+    #[error("cannot read plan file {path}: {cause}")]
     Read {
         path: String,
-        source: std::io::Error,
+        /// Not `source`, so that an error chain shows it only once.
+        cause: std::io::Error,
     },
-    #[error("cannot write plan file {path}: {source}")]
+    #[error("cannot write plan file {path}: {cause}")]
     Write {
         path: String,
-        source: std::io::Error,
+        /// Not `source`, so that an error chain shows it only once.
+        cause: std::io::Error,
     },
-    #[error("invalid plan file {path}: {source}")]
+    #[error("invalid plan file {path}: {cause}")]
     Invalid {
         path: String,
-        source: serde_json::Error,
+        /// Not `source`, so that an error chain shows it only once.
+        cause: serde_json::Error,
     },
     #[error("plan file {path} has format_version {found}, but this syncer reads version {FORMAT_VERSION} only; make the plan again with this version")]
     Version { path: String, found: String },
@@ -76,7 +79,7 @@ impl SavedPlan {
         text.push('\n');
         std::fs::write(path, text).map_err(|source| SavedPlanError::Write {
             path: path.display().to_string(),
-            source,
+            cause: source,
         })
     }
 
@@ -86,11 +89,11 @@ impl SavedPlan {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| SavedPlanError::Read {
             path: shown.clone(),
-            source,
+            cause: source,
         })?;
         let invalid = |source| SavedPlanError::Invalid {
             path: shown.clone(),
-            source,
+            cause: source,
         };
         let value: serde_json::Value = serde_json::from_str(&text).map_err(invalid)?;
         let version = &value["format_version"];

@@ -527,6 +527,16 @@ fn verified_stream(reply: Reply, blob: Descriptor) -> BlobStream {
                 Some(Ok(chunk)) => {
                     hasher.update(&chunk);
                     count += chunk.len() as u64;
+                    // Stop at the first byte past the descriptor's size, so
+                    // an endless body never reaches an upload.
+                    if blob.size != 0 && count > blob.size {
+                        let error = RegistryError::SizeMismatch {
+                            digest: blob.digest.clone(),
+                            expected: blob.size,
+                            actual: count,
+                        };
+                        return Some((Err(error), (inner, hasher, count, true)));
+                    }
                     Some((Ok(chunk), (inner, hasher, count, false)))
                 }
                 Some(Err(source)) => {

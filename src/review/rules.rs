@@ -26,15 +26,17 @@ pub struct NormalisedRules {
 /// Error reading one side of the comparison.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesReadError {
-    #[error("{path}: cannot read rules: {source}")]
+    #[error("{path}: cannot read rules: {cause}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Not `source`, so that an error chain shows it only once.
+        cause: std::io::Error,
     },
-    #[error("{path}: invalid YAML: {source}")]
+    #[error("{path}: invalid YAML: {cause}")]
     Yaml {
         path: PathBuf,
-        source: serde_yaml::Error,
+        /// Not `source`, so that an error chain shows it only once.
+        cause: serde_yaml::Error,
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
@@ -79,12 +81,12 @@ impl NormalisedRules {
     fn add_file(&mut self, file: &Path) -> Result<(), RulesReadError> {
         let text = std::fs::read_to_string(file).map_err(|source| RulesReadError::Io {
             path: file.to_path_buf(),
-            source,
+            cause: source,
         })?;
         let document: Value =
             serde_yaml::from_str(&text).map_err(|source| RulesReadError::Yaml {
                 path: file.to_path_buf(),
-                source,
+                cause: source,
             })?;
         let invalid = |message: String| RulesReadError::Invalid {
             path: file.to_path_buf(),
@@ -306,7 +308,7 @@ fn is_variable_reference(text: &str) -> bool {
 fn rule_files(path: &Path) -> Result<Vec<PathBuf>, RulesReadError> {
     let io_error = |source| RulesReadError::Io {
         path: path.to_path_buf(),
-        source,
+        cause: source,
     };
     if !std::fs::metadata(path).map_err(io_error)?.is_dir() {
         return Ok(vec![path.to_path_buf()]);
