@@ -83,3 +83,23 @@ fn validate_opens_no_connection() {
     let accepted = listener.accept();
     assert!(accepted.is_err(), "validate connected to {host}");
 }
+
+#[test]
+fn unused_registry_gets_a_warning() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    // `127.0.0.1:5109` was meant to be `127.0.0.1:5009`, so its settings
+    // would silently not apply.
+    std::fs::write(
+        &rules,
+        "registries:\n  127.0.0.1:5109: {tls: disabled}\nrules:\n  - source: 127.0.0.1:5009/team/app\n    destinations: [127.0.0.1:5010/mirror/app]\n",
+    )
+    .unwrap();
+
+    let run = Syncer::new()
+        .run(&["validate", rules.to_str().unwrap()])
+        .expect_code(0);
+
+    assert!(run.stderr.contains("no rule uses it"), "{}", run.stderr);
+    assert!(run.stderr.contains("127.0.0.1:5109"), "{}", run.stderr);
+}

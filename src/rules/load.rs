@@ -2,7 +2,7 @@
 //! every problem, each with its file, line and column, instead of stopping
 //! at the first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use globset::GlobBuilder;
@@ -46,11 +46,34 @@ pub fn load(path: &Path) -> Result<Rules, RulesError> {
     }
     loader.report_conflicts();
     if loader.diagnostics.is_empty() {
+        warn_unused_registries(&loader.rules);
         Ok(loader.rules)
     } else {
         Err(RulesError {
             diagnostics: loader.diagnostics,
         })
+    }
+}
+
+/// Warns about each `registries:` entry that no source or destination
+/// names: it is most likely a misspelt host, whose settings (`tls:`, say)
+/// then silently do not apply.
+fn warn_unused_registries(rules: &Rules) {
+    let used: HashSet<&str> = rules
+        .rules
+        .iter()
+        .flat_map(|rule| {
+            std::iter::once(rule.source.registry())
+                .chain(rule.destinations.iter().map(|d| d.registry.as_str()))
+        })
+        .collect();
+    for host in rules.registries.keys() {
+        if !used.contains(host.as_str()) {
+            tracing::warn!(
+                registry = %host,
+                "registry is configured but no rule uses it; its host must be spelt exactly as in sources and destinations"
+            );
+        }
     }
 }
 
