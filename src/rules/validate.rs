@@ -57,7 +57,10 @@ pub(super) fn validate_rule(
     let name = raw.name.clone().unwrap_or(context.default_name.clone());
     let label = format!(" ({name})");
     let mut errors = Errors::default();
-    let source = match expand_value(&raw.source).and_then(|s| parse_source(&s)) {
+    let source = match expand_value(&raw.source)
+        .and_then(|expanded| glob_from_variable(&raw.source, &expanded).map(|()| expanded))
+        .and_then(|s| parse_source(&s))
+    {
         Ok(source) => Some(source),
         Err(message) => {
             errors.push(path.key("source"), message);
@@ -176,6 +179,28 @@ fn destinations(
         }
     }
     (errors.len() == before).then_some(destinations)
+}
+
+/// Rejects a source whose glob characters come from a `${VAR}` value: a
+/// variable must not turn an exact source into a glob over a catalog.
+fn glob_from_variable(written: &str, expanded: &str) -> Result<(), String> {
+    let mut literal = String::new();
+    let mut rest = written;
+    while let Some(start) = rest.find("${") {
+        literal.push_str(&rest[..start]);
+        rest = match rest[start..].find('}') {
+            Some(end) => &rest[start + end + 1..],
+            None => "",
+        };
+    }
+    literal.push_str(rest);
+    let is_glob = |text: &str| text.contains(['*', '?', '[', '{']);
+    if is_glob(expanded) && !is_glob(&literal) {
+        return Err(format!(
+            "source {written:?} expands to the glob {expanded:?}; write glob characters in the rules file itself, not in a variable"
+        ));
+    }
+    Ok(())
 }
 
 /// Explains why `destination` writes into its own source, if it does. Such
@@ -348,5 +373,18 @@ fn check_digest_platforms(
                 "a digest source with `platforms:` needs a tag on each destination, such as `host/repo:tag`, because selecting platforms rewrites the index and changes its digest".into(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_from_variable;
+
+    #[test]
+    fn variable_cannot_add_glob() {
+        assert!(glob_from_variable("h:1/team/${APP}", "h:1/team/*").is_err());
+        assert!(glob_from_variable("h:1/${NS}/**", "h:1/team/**").is_ok());
+        assert!(glob_from_variable("h:1/team/${APP}", "h:1/team/app").is_ok());
+        assert!(glob_from_variable("h:1/team/app", "h:1/team/app").is_ok());
     }
 }
