@@ -47,7 +47,7 @@ pub enum ResolveError {
     Registry { rule: String, source: RegistryError },
     #[error("rule {rule:?}: {message}")]
     Mapping { rule: String, message: String },
-    #[error("rules {first:?} and {second:?} both write {destination} (from {first_source} and {second_source})")]
+    #[error("{} both write {destination} (from {first_source} and {second_source})", conflict_rules(first, second))]
     Conflict {
         destination: Reference,
         first: String,
@@ -57,6 +57,16 @@ pub enum ResolveError {
     },
     #[error("rule {rule:?}: source repository {repository} not found")]
     NotFound { rule: String, repository: String },
+}
+
+/// Names the rules of a conflict: one rule whose glob maps two source
+/// repositories to one destination is named once.
+fn conflict_rules(first: &str, second: &str) -> String {
+    if first == second {
+        format!("two source repositories of rule {first:?}")
+    } else {
+        format!("rules {first:?} and {second:?}")
+    }
 }
 
 /// Resolves every rule, with at most `jobs` listings in flight.
