@@ -619,3 +619,210 @@ fn session_of(path_and_query: &str) -> &str {
         .split_once('?')
         .map_or(path_and_query, |(path, _)| path)
 }
+
+/// One request as [`HttpServer`] received it.
+#[derive(Clone, Debug)]
+struct Received {
+    method: String,
+    target: String,
+    authorization: Option<String>,
+}
+
+/// Reply that [`HttpServer`] sends.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(status: u16, body: serde_json::Value) -> Self {
+        Reply {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    fn not_found() -> Self {
+        let body = serde_json::json!({"errors": [{"code": "NAME_UNKNOWN", "message": "scripted"}]});
+        Reply::json(404, body)
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Scripted HTTP/1.1 server on loopback that records every request, with
+/// its `Authorization` header, and closes each connection after one reply.
+struct HttpServer {
+    host: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl HttpServer {
+    fn start(respond: impl Fn(&Received) -> Reply + Send + 'static) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut authorization = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("authorization") {
+                            authorization = Some(value.trim().to_string());
+                        }
+                    }
+                }
+                let mut parts = request_line.split_whitespace();
+                let request = Received {
+                    method: parts.next().unwrap_or("").to_string(),
+                    target: parts.next().unwrap_or("").to_string(),
+                    authorization,
+                };
+                log.lock().unwrap().push(request.clone());
+                let reply = respond(&request);
+                let mut head = format!(
+                    "HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n",
+                    reply.status,
+                    reply.body.len()
+                );
+                for (name, value) in &reply.headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n");
+                let _ = stream.write_all(head.as_bytes());
+                if request.method != "HEAD" {
+                    let _ = stream.write_all(reply.body.as_bytes());
+                }
+            }
+        });
+        HttpServer { host, received }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Replies to a request without `Authorization` with a basic-auth
+/// challenge, and to every other request with `reply`.
+fn basic_auth_required(request: &Received, reply: impl FnOnce() -> Reply) -> Reply {
+    if request.authorization.is_none() {
+        return Reply::json(
+            401,
+            serde_json::json!({"errors": [{"code": "UNAUTHORIZED"}]}),
+        )
+        .header("WWW-Authenticate", "Basic realm=\"scripted\"");
+    }
+    reply()
+}
+
+#[test]
+fn next_page_link_to_other_host_is_rejected() {
+    let other = HttpServer::start(|_| Reply::not_found());
+    let link = format!(
+        "<http://{}/v2/ns/app/tags/list?page=2>; rel=\"next\"",
+        other.host
+    );
+    let registry = HttpServer::start(move |request| {
+        basic_auth_required(request, || {
+            if request.target.starts_with("/v2/ns/app/tags/list") {
+                let tags = serde_json::json!({"name": "ns/app", "tags": ["v1"]});
+                Reply::json(200, tags).header("Link", &link)
+            } else {
+                Reply::not_found()
+            }
+        })
+    });
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {host}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\nrules:\n  - source: {host}/ns/app\n    destinations: [{host}/mirror/app]\n",
+            host = registry.host
+        ),
+    );
+
+    let run = Syncer::new().run(&["plan", rules.to_str().unwrap()]);
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("next-page Link"), "{}", run.stderr);
+    assert!(run.stderr.contains(&other.host), "{}", run.stderr);
+    assert!(run.stderr.contains(&registry.host), "{}", run.stderr);
+    assert!(
+        registry
+            .received()
+            .iter()
+            .any(|r| r.authorization.is_some()),
+        "the registry never received credentials, so the test proves nothing"
+    );
+    assert!(
+        other.received().is_empty(),
+        "the other host received {:?}",
+        other.received()
+    );
+}
+
+#[test]
+fn upload_location_on_other_host_is_rejected() {
+    let source = Registry::start();
+    Pusher::new(&source).push_image("up/app", "v1", &sample_image("upload-origin"));
+    let other = HttpServer::start(|_| Reply::not_found());
+    let location = format!("http://{}/v2/up/app/blobs/uploads/session-1", other.host);
+    let destination = HttpServer::start(move |request| {
+        basic_auth_required(request, || {
+            if request.method == "POST" && request.target.starts_with("/v2/up/app/blobs/uploads/") {
+                Reply::json(202, serde_json::json!({})).header("Location", &location)
+            } else {
+                Reply::not_found()
+            }
+        })
+    });
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\nrules:\n  - source: {src}/up/app\n    destinations: [{dst}/up/app]\n",
+            src = source.host(),
+            dst = destination.host
+        ),
+    );
+
+    let run = apply(&Syncer::new(), &rules);
+
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert!(output.contains("upload Location"), "{output}");
+    assert!(output.contains(&other.host), "{output}");
+    assert!(output.contains(&destination.host), "{output}");
+    assert!(
+        destination
+            .received()
+            .iter()
+            .any(|r| r.method == "POST" && r.authorization.is_some()),
+        "no authorised upload was started, so the test proves nothing: {:?}",
+        destination.received()
+    );
+    assert!(
+        other.received().is_empty(),
+        "the other host received {:?}",
+        other.received()
+    );
+}
