@@ -41,6 +41,11 @@ fn broken_files_fail_with_located_errors() {
             run.stderr
         );
         assert!(
+            !run.stderr.contains("s3cretpw"),
+            "{path} printed a password:\n{}",
+            run.stderr
+        );
+        assert!(
             run.stdout.is_empty(),
             "{path} printed on stdout:\n{}",
             run.stdout

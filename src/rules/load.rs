@@ -14,7 +14,9 @@ use super::raw::{RawDefaults, RawRegistry};
 use super::settings::connection_settings;
 use super::validate::{validate_defaults, validate_rule, RuleContext};
 use super::{env, Diagnostic, Rules, RulesError, Source};
-use crate::oci::{split_registry, split_target, Repository, Target};
+use crate::oci::{
+    check_registry_host, redact_userinfo, split_registry, split_target, Repository, Target,
+};
 
 /// Characters that make a source path a glob.
 const GLOB_CHARS: [char; 4] = ['*', '?', '[', '{'];
@@ -227,6 +229,19 @@ impl Loader {
         host: &str,
         raw: &RawRegistry,
     ) {
+        if let Err(reason) = check_registry_host(host) {
+            // The path names the key, so it is rebuilt with any password hidden.
+            let mut diagnostic =
+                context.diagnostic(path, "", format!("invalid registry host: {reason}"));
+            diagnostic.path = Some(
+                YamlPath::root()
+                    .key("registries")
+                    .key(&redact_userinfo(host))
+                    .to_string(),
+            );
+            self.diagnostics.push(diagnostic);
+            return;
+        }
         if let Some((first, origin)) = self.registry_origins.get(host) {
             if first != raw {
                 let message = format!("settings of {host} differ from those at {origin}; a registry must be configured the same way in every file");
@@ -306,6 +321,12 @@ pub(super) fn parse_source(text: &str) -> Result<Source, String> {
         return Err(format!("source {text:?} needs a registry host and a repository path, such as `127.0.0.1:5001/team/app`"));
     }
     let (registry, rest) = split_registry(text);
+    check_registry_host(&registry).map_err(|reason| {
+        format!(
+            "source {:?} has an invalid registry host: {reason}",
+            redact_userinfo(text)
+        )
+    })?;
     if rest.contains(GLOB_CHARS) {
         return parse_glob(registry, &rest, text);
     }
@@ -365,6 +386,15 @@ mod tests {
             panic!("expected a glob");
         };
         assert_eq!(fixed, "ns2");
+    }
+
+    #[test]
+    fn source_host_error_hides_password() {
+        let error = parse_source("127.0.0.1:65536/ns/app").unwrap_err();
+        assert!(error.contains("port \"65536\""), "{error}");
+        let error = parse_source("alice:s3cret@127.0.0.1:5001/ns/**").unwrap_err();
+        assert!(error.contains("***@127.0.0.1:5001/ns/**"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]
