@@ -36,12 +36,12 @@ const REGISTRY_KEYS: [&str; 11] = [
     "retries",
 ];
 
-/// Loads `path`, a rules file or a folder whose `*.yaml` and `*.yml` files
-/// are read in name order. Touches no network.
+/// Loads `path`, a rules file or a folder whose `*.yaml` and `*.yml` files,
+/// in any letter case, are read in name order. Touches no network. Rules
+/// that contain no rule load as empty, so callers decide whether that is
+/// an error.
 pub fn load(path: &Path) -> Result<Rules, RulesError> {
-    let files = rule_files(path).map_err(|d| RulesError {
-        diagnostics: vec![d],
-    })?;
+    let files = rule_files(path).map_err(|diagnostics| RulesError { diagnostics })?;
     let mut loader = Loader::default();
     for file in &files {
         loader.load_file(file);
@@ -56,35 +56,84 @@ pub fn load(path: &Path) -> Result<Rules, RulesError> {
     }
 }
 
-fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let metadata = std::fs::metadata(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             "; give a rules file or folder as the RULES argument (the default is `rules` in the current folder)"
         } else {
             ""
         };
-        Diagnostic::new(path, None, format!("cannot read rules: {e}{hint}"))
+        vec![Diagnostic::new(
+            path,
+            None,
+            format!("cannot read rules: {e}{hint}"),
+        )]
     })?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(path)
-        .map_err(|e| Diagnostic::new(path, None, format!("cannot list rules folder: {e}")))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
+    let entries = std::fs::read_dir(path).map_err(|e| {
+        vec![Diagnostic::new(
+            path,
+            None,
+            format!("cannot list rules folder: {e}"),
+        )]
+    })?;
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for entry in entries {
+        let file = match entry {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                let message = format!("cannot list rules folder: {e}");
+                problems.push(Diagnostic::new(path, None, message));
+                continue;
+            }
+        };
+        if !has_rules_extension(&file) {
+            continue;
+        }
+        match check_rules_file(&file) {
+            Ok(()) => files.push(file),
+            Err(message) => problems.push(Diagnostic::new(&file, None, message)),
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort_by(|a, b| a.file.cmp(&b.file));
+        return Err(problems);
+    }
     files.sort();
     if files.is_empty() {
-        return Err(Diagnostic::new(
+        return Err(vec![Diagnostic::new(
             path,
             None,
             "no *.yaml or *.yml rules files in this folder",
-        ));
+        )]);
     }
     Ok(files)
+}
+
+/// Whether `file` ends in `.yaml` or `.yml`, in any letter case.
+fn has_rules_extension(file: &Path) -> bool {
+    file.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Checks that a rules file of a folder can be read, following symbolic
+/// links, so that a broken link fails the load instead of dropping rules.
+fn check_rules_file(file: &Path) -> Result<(), String> {
+    match std::fs::metadata(file) {
+        Ok(metadata) if metadata.is_file() => Ok(()),
+        Ok(_) => Err("not a regular file; a rules folder may contain only rules files under *.yaml and *.yml names".into()),
+        Err(e) => match std::fs::read_link(file) {
+            Ok(target) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "cannot read rules file: it is a symbolic link to {}, which does not exist; fix or remove the link",
+                target.display()
+            )),
+            _ => Err(format!("cannot read rules file: {e}")),
+        },
+    }
 }
 
 /// One file being loaded, with the positions of its values.
