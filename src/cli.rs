@@ -103,7 +103,7 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "I/N")]
     pub shard: Option<Shard>,
     /// Lock file that keeps a second apply of the same rules and shard from starting
-    /// [default: derived from the rules path, in $XDG_RUNTIME_DIR or the temp folder].
+    /// [default: derived from the rules path, in $XDG_RUNTIME_DIR or a private syncer-<uid> folder in the temp folder].
     #[arg(long, value_name = "PATH")]
     pub lock_file: Option<PathBuf>,
 }

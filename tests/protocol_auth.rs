@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::{Run, Syncer};
+use common::{HttpServer, Received, Reply, Run, Syncer};
 use tempfile::TempDir;
 use testkit::image::{oci_image, random_layer, sample_image, Platform, Pusher};
 use testkit::proxy::{FaultProxy, Faults};
@@ -626,4 +626,110 @@ fn session_of(path_and_query: &str) -> &str {
     path_and_query
         .split_once('?')
         .map_or(path_and_query, |(path, _)| path)
+}
+
+/// Replies to a request without `Authorization` with a basic-auth
+/// challenge, and to every other request with `reply`.
+fn basic_auth_required(request: &Received, reply: impl FnOnce() -> Reply) -> Reply {
+    if request.authorization.is_none() {
+        return Reply::json(
+            401,
+            serde_json::json!({"errors": [{"code": "UNAUTHORIZED"}]}),
+        )
+        .header("WWW-Authenticate", "Basic realm=\"scripted\"");
+    }
+    reply()
+}
+
+#[test]
+fn next_page_link_to_other_host_is_rejected() {
+    let other = HttpServer::start(|_| Reply::not_found());
+    let link = format!(
+        "<http://{}/v2/ns/app/tags/list?page=2>; rel=\"next\"",
+        other.host
+    );
+    let registry = HttpServer::start(move |request| {
+        basic_auth_required(request, || {
+            if request.target.starts_with("/v2/ns/app/tags/list") {
+                let tags = serde_json::json!({"name": "ns/app", "tags": ["v1"]});
+                Reply::json(200, tags).header("Link", &link)
+            } else {
+                Reply::not_found()
+            }
+        })
+    });
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {host}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\nrules:\n  - source: {host}/ns/app\n    destinations: [{host}/mirror/app]\n",
+            host = registry.host
+        ),
+    );
+
+    let run = Syncer::new().run(&["plan", rules.to_str().unwrap()]);
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("next-page Link"), "{}", run.stderr);
+    assert!(run.stderr.contains(&other.host), "{}", run.stderr);
+    assert!(run.stderr.contains(&registry.host), "{}", run.stderr);
+    assert!(
+        registry
+            .received()
+            .iter()
+            .any(|r| r.authorization.is_some()),
+        "the registry never received credentials, so the test proves nothing"
+    );
+    assert!(
+        other.received().is_empty(),
+        "the other host received {:?}",
+        other.received()
+    );
+}
+
+#[test]
+fn upload_location_on_other_host_is_rejected() {
+    let source = Registry::start();
+    Pusher::new(&source).push_image("up/app", "v1", &sample_image("upload-origin"));
+    let other = HttpServer::start(|_| Reply::not_found());
+    let location = format!("http://{}/v2/up/app/blobs/uploads/session-1", other.host);
+    let destination = HttpServer::start(move |request| {
+        basic_auth_required(request, || {
+            if request.method == "POST" && request.target.starts_with("/v2/up/app/blobs/uploads/") {
+                Reply::json(202, serde_json::json!({})).header("Location", &location)
+            } else {
+                Reply::not_found()
+            }
+        })
+    });
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {src}: {{tls: disabled}}\n  {dst}: {{tls: disabled, username: {USER}, password: {PASSWORD}}}\nrules:\n  - source: {src}/up/app\n    destinations: [{dst}/up/app]\n",
+            src = source.host(),
+            dst = destination.host
+        ),
+    );
+
+    let run = apply(&Syncer::new(), &rules);
+
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert!(output.contains("upload Location"), "{output}");
+    assert!(output.contains(&other.host), "{output}");
+    assert!(output.contains(&destination.host), "{output}");
+    assert!(
+        destination
+            .received()
+            .iter()
+            .any(|r| r.method == "POST" && r.authorization.is_some()),
+        "no authorised upload was started, so the test proves nothing: {:?}",
+        destination.received()
+    );
+    assert!(
+        other.received().is_empty(),
+        "the other host received {:?}",
+        other.received()
+    );
 }

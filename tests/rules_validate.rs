@@ -41,6 +41,11 @@ fn broken_files_fail_with_located_errors() {
             run.stderr
         );
         assert!(
+            !run.stderr.contains("s3cretpw"),
+            "{path} printed a password:\n{}",
+            run.stderr
+        );
+        assert!(
             run.stdout.is_empty(),
             "{path} printed on stdout:\n{}",
             run.stdout
@@ -102,4 +107,100 @@ fn unused_registry_gets_a_warning() {
 
     assert!(run.stderr.contains("no rule uses it"), "{}", run.stderr);
     assert!(run.stderr.contains("127.0.0.1:5109"), "{}", run.stderr);
+}
+
+/// A rule that passes validation, for folders that need one valid file.
+const ONE_RULE: &str =
+    "rules:\n  - source: 127.0.0.1:9/team/app\n    destinations: [127.0.0.1:9/mirror/app]\n";
+
+#[test]
+fn rules_without_rules_fail() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let runtime = tempfile::TempDir::new().unwrap();
+    let syncer = Syncer::new().env("XDG_RUNTIME_DIR", runtime.path().to_str().unwrap());
+    for (name, text) in [
+        ("empty.yaml", ""),
+        ("comment.yaml", "# nothing yet\n"),
+        ("no-list.yaml", "rules: []\n"),
+        ("registries-only.yaml", "registries:\n  127.0.0.1:9: {}\n"),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+        for command in [
+            vec!["validate", path],
+            vec!["plan", path],
+            vec!["apply", "--auto-approve", path],
+        ] {
+            let run = syncer.run(&command);
+            assert_eq!(run.code, 1, "{command:?}: {}", run.stderr);
+            assert!(
+                run.stderr
+                    .contains("no rules: the file contains no entry under `rules:`"),
+                "{command:?}: {}",
+                run.stderr
+            );
+        }
+    }
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("a.yaml"), "rules: []\n").unwrap();
+    let run = syncer.run(&["validate", folder.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the rules files in this folder contain no entry"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn folder_extensions_in_any_case() {
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::write(dir.path().join("a.YAML"), ONE_RULE.replace("app", "a")).unwrap();
+    std::fs::write(dir.path().join("b.Yml"), ONE_RULE.replace("app", "b")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not rules").unwrap();
+
+    let run = Syncer::new().run(&["validate", dir.path().to_str().unwrap()]);
+
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("is valid: 2 rules"), "{}", run.stdout);
+}
+
+#[test]
+fn folder_with_broken_symlinks_fails() {
+    use std::os::unix::fs::symlink;
+
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::write(dir.path().join("ok.yaml"), ONE_RULE).unwrap();
+    symlink(
+        dir.path().join("missing.yaml"),
+        dir.path().join("dangling.yaml"),
+    )
+    .unwrap();
+    symlink(dir.path().join("loop2.yaml"), dir.path().join("loop1.yaml")).unwrap();
+    symlink(dir.path().join("loop1.yaml"), dir.path().join("loop2.yaml")).unwrap();
+
+    let run = Syncer::new().run(&["validate", dir.path().to_str().unwrap()]);
+
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let dangling = format!(
+        "{}: cannot read rules file: it is a symbolic link to",
+        dir.path().join("dangling.yaml").display()
+    );
+    assert!(run.stderr.contains(&dangling), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("missing.yaml, which does not exist"),
+        "{}",
+        run.stderr
+    );
+    for name in ["loop1.yaml", "loop2.yaml"] {
+        let loop_error = format!(
+            "{}: cannot read rules file:",
+            dir.path().join(name).display()
+        );
+        assert!(run.stderr.contains(&loop_error), "{}", run.stderr);
+    }
+    assert!(run.stderr.contains("has 3 errors"), "{}", run.stderr);
 }

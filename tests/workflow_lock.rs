@@ -87,3 +87,75 @@ fn overlapping_applies_do_not_both_run() {
         .run(&["apply", "--auto-approve", rules])
         .expect_code(0);
 }
+
+/// Writes rules naming a registry at a listener that never accepts, so a
+/// run that got past the lock would fail to connect instead of copying.
+fn unreachable_rules(dir: &std::path::Path) -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        format!(
+            "registries:\n  {host}:\n    tls: disabled\n    retries: 0\n    read_timeout: 1s\nrules:\n  - source: {host}/ns/app\n    destinations: [{host}/mirror/app]\n"
+        ),
+    )
+    .unwrap();
+    (listener, rules.to_str().unwrap().to_string())
+}
+
+#[test]
+fn lock_file_symlink_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let (listener, rules) = unreachable_rules(dir.path());
+    let target = dir.path().join("important.txt");
+    std::fs::write(&target, "important data\n").unwrap();
+    let lock = dir.path().join("apply.lock");
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+
+    let run = Syncer::new().run(&[
+        "apply",
+        "--auto-approve",
+        "--lock-file",
+        lock.to_str().unwrap(),
+        &rules,
+    ]);
+
+    let run = run.expect_code(1);
+    assert!(run.stderr.contains("symbolic link"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "important data\n"
+    );
+    assert!(listener.accept().is_err(), "apply went on past the lock");
+}
+
+#[test]
+fn default_lock_folder_symlink_is_rejected() {
+    use std::os::unix::fs::MetadataExt;
+
+    let dir = TempDir::new().unwrap();
+    let (listener, rules) = unreachable_rules(dir.path());
+    let temp = TempDir::new().unwrap();
+    let uid = std::fs::metadata(temp.path()).unwrap().uid();
+    let elsewhere = TempDir::new().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), temp.path().join(format!("syncer-{uid}")))
+        .unwrap();
+    let syncer = Syncer::new()
+        .env("XDG_RUNTIME_DIR", "")
+        .env("TMPDIR", temp.path().to_str().unwrap());
+
+    let run = syncer.run(&["apply", "--auto-approve", &rules]);
+
+    let run = run.expect_code(1);
+    assert!(run.stderr.contains("symbolic link"), "{}", run.stderr);
+    assert!(
+        std::fs::read_dir(elsewhere.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "a lock file was created through the symlink"
+    );
+    assert!(listener.accept().is_err(), "apply went on past the lock");
+}

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use common::{redact, snapshot_settings, Syncer};
+use common::{redact, snapshot_settings, HttpServer, Reply, Syncer};
 use serde_json::Value;
 use tempfile::TempDir;
 use testkit::image::{sample_image, Pusher};
@@ -356,4 +356,88 @@ fn edited_saved_plan_is_rejected() {
     }
     assert!(Pusher::new(&dest).catalog().is_empty());
     assert_eq!(pusher.manifest_digest("ns/app", "v2"), Some(v2));
+}
+
+/// Serves `ns/app` with hostile tag names and a tag `v1` whose index has
+/// one child, of a platform whose name carries escapes and HTML.
+fn hostile_registry() -> HttpServer {
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "size": 1,
+            "digest": format!("sha256:{}", "1".repeat(64)),
+            "platform": {"os": "linux", "architecture": "arm64\u{1b}[2J</details><img src=x>|"}
+        }]
+    })
+    .to_string();
+    let digest = testkit::image::sha256_digest(index.as_bytes());
+    HttpServer::start(move |request| {
+        let target = request.target.as_str();
+        if target == "/v2/ns/app/tags/list" {
+            let tags = [
+                "v1",
+                "\u{1b}[31mred",
+                "</details> ![x](http://127.0.0.1:9/t.png) | col |",
+                "`code`<script>alert(1)</script>",
+                "\u{202e}desrever",
+            ];
+            return Reply::json(200, serde_json::json!({"name": "ns/app", "tags": tags}));
+        }
+        if target == "/v2/ns/app/manifests/v1" || target == format!("/v2/ns/app/manifests/{digest}")
+        {
+            let media_type = "application/vnd.oci.image.index.v1+json";
+            return Reply {
+                status: 200,
+                headers: vec![
+                    ("Content-Type".into(), media_type.into()),
+                    ("Docker-Content-Digest".into(), digest.clone()),
+                ],
+                body: index.clone(),
+            };
+        }
+        Reply::not_found()
+    })
+}
+
+#[test]
+fn registry_strings_are_escaped_in_plans() {
+    let registry = hostile_registry();
+    let dir = TempDir::new().unwrap();
+    let rules = write_rules(
+        dir.path(),
+        &format!(
+            "registries:\n  {host}: {{tls: disabled}}\nrules:\n  - source: {host}/ns/app\n    destinations: [{host}/mirror/app]\n    platforms: [linux/amd64]\n",
+            host = registry.host
+        ),
+    );
+    let rules = rules.to_str().unwrap();
+    let syncer = Syncer::new();
+
+    let text = syncer.run(&["plan", rules]).expect_code(0).stdout;
+    let markdown = syncer
+        .run(&["plan", "--format", "markdown", rules])
+        .expect_code(0)
+        .stdout;
+
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(!text.contains('\u{202e}'), "{text}");
+    assert!(text.contains("Warning: "), "{text}");
+    assert!(text.contains("\\u{1b}[31mred"), "{text}");
+    assert!(text.contains("note   no child matches"), "{text}");
+    assert!(text.contains("arm64\\u{1b}[2J"), "{text}");
+    for raw in [
+        "<script>",
+        "</details>",
+        "<img src=x>",
+        "![x](",
+        "| col |",
+        "`code`",
+    ] {
+        assert!(!markdown.contains(raw), "{raw} in\n{markdown}");
+    }
+    assert!(!markdown.contains('\u{1b}'), "{markdown}");
+    assert!(markdown.contains("\\<script\\>"), "{markdown}");
+    assert!(markdown.contains("\\<img src=x\\>\\|"), "{markdown}");
 }

@@ -55,24 +55,37 @@ impl ProgressMode {
     }
 }
 
+/// Allowed `SYNCER_PROGRESS_INTERVAL`, in seconds: a hundredth of a second
+/// to a day. Outside it, `Duration::from_secs_f64` panics on huge values and
+/// rounds tiny ones to zero, which tokio's interval rejects.
+const INTERVAL_SECONDS: std::ops::RangeInclusive<f64> = 0.01..=86_400.0;
+
 /// Reads the line interval from `SYNCER_PROGRESS_INTERVAL`. An unset value
-/// gives the default, and so does an invalid or non-positive one, with a
+/// gives the default, and so does an invalid or out-of-range one, with a
 /// warning.
 fn line_interval() -> Duration {
     let Ok(text) = std::env::var(INTERVAL_VAR) else {
         return LINE_INTERVAL;
     };
-    match text.trim().parse::<f64>() {
-        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Duration::from_secs_f64(seconds),
-        _ => {
-            tracing::warn!(
-                value = %text,
-                "{INTERVAL_VAR} is not a positive number of seconds, using {}s",
-                LINE_INTERVAL.as_secs()
-            );
-            LINE_INTERVAL
-        }
-    }
+    parse_interval(&text).unwrap_or_else(|| {
+        tracing::warn!(
+            value = %text,
+            "{INTERVAL_VAR} is not a number of seconds from {} to {}, using {}s",
+            INTERVAL_SECONDS.start(),
+            INTERVAL_SECONDS.end(),
+            LINE_INTERVAL.as_secs()
+        );
+        LINE_INTERVAL
+    })
+}
+
+/// Parses a number of seconds within [`INTERVAL_SECONDS`].
+fn parse_interval(text: &str) -> Option<Duration> {
+    let seconds = text.trim().parse::<f64>().ok()?;
+    // A NaN fails `contains` too.
+    INTERVAL_SECONDS
+        .contains(&seconds)
+        .then(|| Duration::from_secs_f64(seconds))
 }
 
 /// Counters shared by the bars, the line reporter and every blob.
@@ -330,6 +343,17 @@ mod tests {
         assert!(line.contains("1.0 MiB of 4.0 MiB read (25%)"), "{line}");
         assert!(line.contains("1 of 2 blobs"), "{line}");
         assert!(line.contains("1 of 3 images"), "{line}");
+    }
+
+    #[test]
+    fn interval_out_of_range_is_rejected() {
+        assert_eq!(parse_interval("0.02"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_interval(" 86400 "), Some(Duration::from_secs(86_400)));
+        for text in [
+            "1e300", "1e-300", "0", "-1", "NaN", "inf", "0.001", "86401", "soon",
+        ] {
+            assert_eq!(parse_interval(text), None, "{text}");
+        }
     }
 
     #[test]

@@ -153,7 +153,7 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
 fn take_lock(args: &ApplyArgs, rules: &Path) -> anyhow::Result<Result<ApplyLock, Exit>> {
     let path = match &args.lock_file {
         Some(path) => path.clone(),
-        None => lock::default_path(rules, args.shard),
+        None => lock::default_path(rules, args.shard)?,
     };
     match lock::acquire(&path) {
         Ok(lock) => {

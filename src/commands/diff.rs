@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::plan::print_errors;
-use super::{load_rules, registries, Exit};
+use super::{load_rules_allowing_empty, registries, Exit};
 use crate::cli::{DiffArgs, DiffFormat};
 use crate::plan::{resolve, Desired};
 use crate::review::{compare_references, compare_rules, render, NormalisedRules};
@@ -38,7 +38,7 @@ pub async fn run(args: &DiffArgs) -> anyhow::Result<Exit> {
 
 /// Loads and resolves one side, printing any error on stderr.
 async fn resolve_side(path: &Path, jobs: usize) -> Option<Vec<Desired>> {
-    let rules = load_rules(path).ok()?;
+    let rules = load_rules_allowing_empty(path).ok()?;
     let registries = registries(&rules);
     match resolve(&rules, &registries, jobs).await {
         Ok((desired, warnings)) => {

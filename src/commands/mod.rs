@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::cli::Command;
 use crate::registry::Registries;
-use crate::rules::Rules;
+use crate::rules::{Diagnostic, Rules};
 
 /// Process exit codes, part of the command-line interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,20 +43,45 @@ pub async fn run(command: Command) -> anyhow::Result<Exit> {
     }
 }
 
-/// Loads rules, printing every diagnostic on stderr when they are invalid.
+/// Loads rules for `validate`, `plan` and `apply`, printing every diagnostic
+/// on stderr when they are invalid. Rules without a single rule are an
+/// error, because a job whose rules file lost its content would otherwise
+/// report success while copying nothing.
 fn load_rules(path: &Path) -> Result<Rules, Exit> {
+    let rules = load_rules_allowing_empty(path)?;
+    if rules.rules.is_empty() {
+        let location = if path.is_dir() {
+            "the rules files in this folder contain"
+        } else {
+            "the file contains"
+        };
+        let message =
+            format!("no rules: {location} no entry under `rules:`; add at least one rule");
+        print_diagnostics(path, &[Diagnostic::new(path, None, message)]);
+        return Err(Exit::Failure);
+    }
+    Ok(rules)
+}
+
+/// Loads rules that may contain no rule, such as one side of `diff`,
+/// printing every diagnostic on stderr when they are invalid.
+fn load_rules_allowing_empty(path: &Path) -> Result<Rules, Exit> {
     crate::rules::load(path).map_err(|error| {
-        for diagnostic in &error.diagnostics {
-            eprintln!("error: {diagnostic}");
-        }
-        let count = error.diagnostics.len();
-        eprintln!(
-            "Error: {} has {count} error{}",
-            path.display(),
-            if count == 1 { "" } else { "s" }
-        );
+        print_diagnostics(path, &error.diagnostics);
         Exit::Failure
     })
+}
+
+fn print_diagnostics(path: &Path, diagnostics: &[Diagnostic]) {
+    for diagnostic in diagnostics {
+        eprintln!("error: {diagnostic}");
+    }
+    let count = diagnostics.len();
+    eprintln!(
+        "Error: {} has {count} error{}",
+        path.display(),
+        if count == 1 { "" } else { "s" }
+    );
 }
 
 fn registries(rules: &Rules) -> Registries {

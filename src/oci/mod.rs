@@ -11,6 +11,6 @@ pub use digest::{Algorithm, Digest, DigestError, DigestHasher};
 pub use manifest::{content_digest, Descriptor, Manifest, ManifestError, Platform};
 pub use media_type::MediaType;
 pub use reference::{
-    is_valid_repository, is_valid_tag, split_registry, split_target, Reference, ReferenceError,
-    Repository, Target, DOCKER_HUB,
+    check_registry_host, is_valid_repository, is_valid_tag, redact_userinfo, split_registry,
+    split_target, Reference, ReferenceError, Repository, Target, DOCKER_HUB,
 };

@@ -187,6 +187,77 @@ pub fn split_registry(text: &str) -> (String, String) {
     (DOCKER_HUB.to_string(), path)
 }
 
+/// Checks that `host` is `host[:port]`: a host name, IPv4 address or
+/// bracketed IPv6 address, then an optional port from 1 to 65535. Returns
+/// the reason it is invalid, which never repeats a `user:password@` part.
+pub fn check_registry_host(host: &str) -> Result<(), String> {
+    if host.contains('@') {
+        return Err("it contains `user:password@`; give credentials as `username` and `password` under `registries:`, never in a host".into());
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._:[]".contains(*c)))
+    {
+        return Err(format!(
+            "it contains {c:?}; write `host[:port]`, such as `registry.example.com:5000`"
+        ));
+    }
+    let (name, port) = split_port(host)?;
+    if name.is_empty() {
+        return Err("the host name is empty; write `host[:port]`".into());
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(number) if number > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+            _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
+        }
+    }
+    Ok(())
+}
+
+/// Splits `host[:port]` at the port, keeping an IPv6 address in brackets.
+fn split_port(host: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let Some((address, rest)) = inner.split_once(']') else {
+            return Err("an IPv6 address has `[` but no closing `]`".into());
+        };
+        let is_ipv6 = !address.is_empty()
+            && address
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.');
+        if !is_ipv6 {
+            return Err(format!("{address:?} in brackets is not an IPv6 address"));
+        }
+        return match rest {
+            "" => Ok((address, None)),
+            _ => match rest.strip_prefix(':') {
+                Some(port) => Ok((address, Some(port))),
+                None => Err(format!("{rest:?} after the IPv6 address is not `:port`")),
+            },
+        };
+    }
+    if host.contains(['[', ']']) {
+        return Err("`[` and `]` may only enclose an IPv6 address at the start".into());
+    }
+    match host.split_once(':') {
+        None => Ok((host, None)),
+        Some((_, port)) if port.contains(':') => {
+            Err("an IPv6 address needs brackets, such as `[::1]:5000`".into())
+        }
+        Some((name, port)) => Ok((name, Some(port))),
+    }
+}
+
+/// Replaces a `user:password@` part at the start of `text`, a host or a
+/// reference, with `***@`, so that messages can show the rest.
+pub fn redact_userinfo(text: &str) -> String {
+    let host_end = text.find('/').unwrap_or(text.len());
+    match text[..host_end].rfind('@') {
+        Some(at) => format!("***{}", &text[at..]),
+        None => text.to_string(),
+    }
+}
+
 /// Splits `path[:tag][@digest]` into the path and its target text.
 pub fn split_target(path: &str) -> (&str, Option<&str>) {
     if let Some((name, digest)) = path.split_once('@') {
@@ -294,6 +365,57 @@ mod tests {
         }
         assert!(!is_valid_repository(&"a".repeat(256)));
         assert!(is_valid_repository(&"a".repeat(255)));
+    }
+
+    #[test]
+    fn registry_hosts() {
+        for ok in [
+            "127.0.0.1:5000",
+            "registry.example.com",
+            "localhost:1",
+            "my-registry_1.local:65535",
+            "[::1]:5000",
+            "[fe80::1]",
+            DOCKER_HUB,
+        ] {
+            assert_eq!(check_registry_host(ok), Ok(()), "{ok}");
+        }
+        for (bad, reason) in [
+            ("127.0.0.1:99999", "port \"99999\""),
+            ("127.0.0.1:0", "port \"0\""),
+            ("127.0.0.1:-1", "port \"-1\""),
+            ("127.0.0.1:abc", "port \"abc\""),
+            ("127.0.0.1:", "port \"\""),
+            ("127.0.0.1:+80", "contains '+'"),
+            ("127.0.0.1:5101#frag", "contains '#'"),
+            ("127.0.0.1:5101?x=1", "contains '?'"),
+            ("my host:5000", "contains ' '"),
+            (":5000", "host name is empty"),
+            ("::1", "needs brackets"),
+            ("[::1", "no closing"),
+            ("[::1]x", "is not `:port`"),
+            ("[zz]:1", "not an IPv6 address"),
+            ("a[b]", "only enclose"),
+        ] {
+            let error = check_registry_host(bad).unwrap_err();
+            assert!(error.contains(reason), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn userinfo_is_never_shown() {
+        let error = check_registry_host("alice:s3cret@127.0.0.1:5000").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("user:password@"), "{error}");
+        assert_eq!(
+            redact_userinfo("alice:s3cret@127.0.0.1:5000/ns/app@sha256:1"),
+            "***@127.0.0.1:5000/ns/app@sha256:1"
+        );
+        assert_eq!(redact_userinfo("a:b@host"), "***@host");
+        assert_eq!(
+            redact_userinfo("127.0.0.1:5000/ns/app@sha256:1"),
+            "127.0.0.1:5000/ns/app@sha256:1"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::{Action, BlobCounts, Operation, Plan};
 pub fn text(plan: &Plan) -> String {
     let mut out = String::new();
     for warning in &plan.warnings {
-        let _ = writeln!(out, "Warning: {warning}");
+        let _ = writeln!(out, "Warning: {}", escape_text(warning));
     }
     if !plan.warnings.is_empty() {
         out.push('\n');
@@ -70,9 +70,7 @@ fn write_skipped(out: &mut String, plan: &Plan) {
         if op.source != op.destination {
             let _ = writeln!(out, "      from   {}", op.source);
         }
-        if let Some(note) = &op.note {
-            let _ = writeln!(out, "      note   {note}");
-        }
+        write_note(out, op);
     }
     if !plan.has_changes() {
         out.push('\n');
@@ -85,16 +83,12 @@ fn write_operation(out: &mut String, op: &Operation) {
         if let Some(digest) = &op.destination_digest {
             let _ = writeln!(out, "      digest {}", digest.short());
         }
-        if let Some(note) = &op.note {
-            let _ = writeln!(out, "      note   {note}");
-        }
+        write_note(out, op);
         return;
     }
     let _ = writeln!(out, "      from   {}", op.source);
     let kind = op.kind.as_deref().unwrap_or("image");
-    if let Some(note) = &op.note {
-        let _ = writeln!(out, "      note   {note}");
-    }
+    write_note(out, op);
     let origin = match (&op.rewritten_digest, &op.source_digest) {
         (Some(_), Some(source)) => format!(", rewritten from {}", source.short()),
         _ => String::new(),
@@ -115,6 +109,12 @@ fn write_operation(out: &mut String, op: &Operation) {
     }
     if op.action != Action::Delete {
         let _ = writeln!(out, "      blobs  {}", blob_summary(&op.blobs));
+    }
+}
+
+fn write_note(out: &mut String, op: &Operation) {
+    if let Some(note) = &op.note {
+        let _ = writeln!(out, "      note   {}", escape_text(note));
     }
 }
 
@@ -216,7 +216,7 @@ pub fn markdown(plan: &Plan) -> String {
             "| Skipped | Destination | Source | Digest | Reason |\n|---|---|---|---|---|\n",
         );
         for op in &skipped {
-            let note = op.note.as_deref().unwrap_or("").replace('|', "\\|");
+            let note = escape_markdown(op.note.as_deref().unwrap_or(""));
             table.push_str(&markdown_row(op, &note));
         }
         let count = skipped.len();
@@ -238,7 +238,7 @@ pub fn markdown(plan: &Plan) -> String {
         let list: String = plan
             .warnings
             .iter()
-            .map(|warning| format!("- {}\n", warning.replace('\n', " ")))
+            .map(|warning| format!("- {}\n", escape_markdown(warning)))
             .collect();
         let count = plan.warnings.len();
         let title = format!("{count} warning{}", if count == 1 { "" } else { "s" });
@@ -281,6 +281,46 @@ fn fold(title: &str, rows: usize, body: &str) -> String {
     format!("<details>\n<summary>{title}</summary>\n\n{body}\n</details>\n\n")
 }
 
+/// Whether a terminal could act on `c`: a control character such as ESC,
+/// or a bidirectional formatting character that reorders the line.
+fn is_hidden_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Escapes control and bidirectional formatting characters as `\u{..}`.
+/// Warnings and notes contain text from registries, such as tags that are
+/// not valid tag names and platform names from an index.
+fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_hidden_control(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Escapes `text` for a Markdown table cell or list item: control
+/// characters as in [`escape_text`], and with a backslash the characters
+/// that would start HTML, a link or image, code, emphasis or a new cell.
+fn escape_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if is_hidden_control(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            if "\\`|<>[]*_".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Formats a byte count with binary units, such as `1.5 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -300,6 +340,22 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_text_shows_controls_as_code_points() {
+        assert_eq!(escape_text("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(escape_text("x\ny\u{202e}z"), "x\\u{a}y\\u{202e}z");
+        assert_eq!(escape_text("v1.0 <ok> | `fine`"), "v1.0 <ok> | `fine`");
+    }
+
+    #[test]
+    fn escape_markdown_escapes_html_links_and_cells() {
+        assert_eq!(
+            escape_markdown("</details> ![x](u) | `c` *e* _u_ \\"),
+            "\\</details\\> !\\[x\\](u) \\| \\`c\\` \\*e\\* \\_u\\_ \\\\"
+        );
+        assert_eq!(escape_markdown("a\u{7}b"), "a\\u{7}b");
+    }
 
     #[test]
     fn human_bytes_units() {

@@ -47,7 +47,10 @@ pub enum ResolveError {
     Registry { rule: String, source: RegistryError },
     #[error("rule {rule:?}: {message}")]
     Mapping { rule: String, message: String },
-    #[error("{} both write {destination} (from {first_source} and {second_source})", conflict_rules(first, second))]
+    #[error(
+        "{} both write {destination} (from {first_source} and {second_source})",
+        conflict_rules(first, second)
+    )]
     Conflict {
         destination: Reference,
         first: String,

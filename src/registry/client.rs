@@ -131,7 +131,8 @@ impl RegistryClient {
     }
 
     /// Fetches every page of a list, following `Link: <...>; rel="next"`
-    /// relative to each request URL. A repeated URL is an error, not a loop.
+    /// relative to each request URL. A repeated URL is an error, not a loop,
+    /// and so is a link to another origin than the registry's.
     async fn pages(
         &self,
         first: Url,
@@ -153,6 +154,10 @@ impl RegistryClient {
                 .send(&Req::new(Method::GET, url.clone(), scope.clone()))
                 .await?;
             next = next_link(&url, reply.response.headers());
+            if let Some(link) = &next {
+                self.transport
+                    .check_own_origin(&info, link, "next-page Link")?;
+            }
             let body = read_body(&info, reply).await?;
             pages.push((info, body));
         }
@@ -417,9 +422,11 @@ impl RegistryClient {
         let location = header_str(reply.response.headers(), LOCATION.as_str())
             .and_then(|l| url.join(l).ok())
             .ok_or_else(|| RegistryError::Protocol {
-                request: info,
+                request: info.clone(),
                 reason: "upload session reply has no Location".into(),
             })?;
+        self.transport
+            .check_own_origin(&info, &location, "upload Location")?;
         Ok(UploadStart::Session(location))
     }
 

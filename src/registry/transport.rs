@@ -154,9 +154,12 @@ impl Transport {
         body: reqwest::Body,
         scope: &Scope,
     ) -> Result<Reply, RegistryError> {
+        let info = RequestInfo::new(&method, &url);
+        // Callers check upload URLs already. This check keeps a streamed body
+        // and the credentials from leaving the registry whatever the caller.
+        self.check_own_origin(&info, &url, "request URL")?;
         let permit = self.acquire().await;
         self.pace().await;
-        let info = RequestInfo::new(&method, &url);
         let mut builder = self.http.request(method, url).headers(headers).body(body);
         let sent = self.auth.header(scope).await?;
         if let Some(auth) = &sent {
@@ -246,8 +249,9 @@ impl Transport {
     }
 
     /// Sends `req`, following redirects for GET and HEAD. `Authorization`
-    /// goes only to the registry's own scheme, host and port: a redirect to
-    /// a storage backend carries its own signature in the query.
+    /// goes only to the registry's own scheme, host and port (its base URL),
+    /// even when `req.url` is on another origin. A redirect to a storage
+    /// backend carries its own signature in the query.
     async fn follow(
         &self,
         req: &Req,
@@ -263,7 +267,7 @@ impl Transport {
                 .http
                 .request(req.method.clone(), url.clone())
                 .headers(req.headers.clone());
-            if same_origin(&url, &req.url) {
+            if same_origin(&url, &self.base) {
                 if let Some(auth) = auth {
                     builder = builder.header(AUTHORIZATION, auth.clone());
                 }
@@ -309,6 +313,30 @@ impl Transport {
             }
             permit.forget();
         }
+    }
+
+    /// Returns an error unless `url` has the registry's own scheme, host and
+    /// port. `label` names the URL in the message, such as "upload Location".
+    pub fn check_own_origin(
+        &self,
+        request: &RequestInfo,
+        url: &Url,
+        label: &str,
+    ) -> Result<(), RegistryError> {
+        if same_origin(url, &self.base) {
+            return Ok(());
+        }
+        Err(RegistryError::Protocol {
+            request: request.clone(),
+            reason: format!(
+                "the {label} points at {}, but the registry is {}; rejected so that \
+                 credentials and image data go only to the registry. If the registry \
+                 is behind a proxy, configure its external URL to match the rules \
+                 (Docker Distribution: `http.host`)",
+                origin(url),
+                origin(&self.base)
+            ),
+        })
     }
 
     /// Resolves a path or a `Location` value against the registry's base URL.
@@ -384,6 +412,16 @@ fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
         && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Formats the scheme, host and port of `url`, leaving out any user name,
+/// password, path and query.
+fn origin(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
 }
 
 /// Resolves `Location` against the request URL, keeping its query

@@ -14,7 +14,9 @@ use super::raw::{RawDefaults, RawRegistry};
 use super::settings::connection_settings;
 use super::validate::{validate_defaults, validate_rule, RuleContext};
 use super::{env, Diagnostic, Rules, RulesError, Source};
-use crate::oci::{split_registry, split_target, Repository, Target};
+use crate::oci::{
+    check_registry_host, redact_userinfo, split_registry, split_target, Repository, Target,
+};
 
 /// Characters that make a source path a glob.
 const GLOB_CHARS: [char; 4] = ['*', '?', '[', '{'];
@@ -34,12 +36,12 @@ const REGISTRY_KEYS: [&str; 11] = [
     "retries",
 ];
 
-/// Loads `path`, a rules file or a folder whose `*.yaml` and `*.yml` files
-/// are read in name order. Touches no network.
+/// Loads `path`, a rules file or a folder whose `*.yaml` and `*.yml` files,
+/// in any letter case, are read in name order. Touches no network. Rules
+/// that contain no rule load as empty, so callers decide whether that is
+/// an error.
 pub fn load(path: &Path) -> Result<Rules, RulesError> {
-    let files = rule_files(path).map_err(|d| RulesError {
-        diagnostics: vec![d],
-    })?;
+    let files = rule_files(path).map_err(|diagnostics| RulesError { diagnostics })?;
     let mut loader = Loader::default();
     for file in &files {
         loader.load_file(file);
@@ -77,35 +79,84 @@ fn warn_unused_registries(rules: &Rules) {
     }
 }
 
-fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Diagnostic> {
+fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     let metadata = std::fs::metadata(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             "; give a rules file or folder as the RULES argument (the default is `rules` in the current folder)"
         } else {
             ""
         };
-        Diagnostic::new(path, None, format!("cannot read rules: {e}{hint}"))
+        vec![Diagnostic::new(
+            path,
+            None,
+            format!("cannot read rules: {e}{hint}"),
+        )]
     })?;
     if !metadata.is_dir() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(path)
-        .map_err(|e| Diagnostic::new(path, None, format!("cannot list rules folder: {e}")))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
+    let entries = std::fs::read_dir(path).map_err(|e| {
+        vec![Diagnostic::new(
+            path,
+            None,
+            format!("cannot list rules folder: {e}"),
+        )]
+    })?;
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for entry in entries {
+        let file = match entry {
+            Ok(entry) => entry.path(),
+            Err(e) => {
+                let message = format!("cannot list rules folder: {e}");
+                problems.push(Diagnostic::new(path, None, message));
+                continue;
+            }
+        };
+        if !has_rules_extension(&file) {
+            continue;
+        }
+        match check_rules_file(&file) {
+            Ok(()) => files.push(file),
+            Err(message) => problems.push(Diagnostic::new(&file, None, message)),
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort_by(|a, b| a.file.cmp(&b.file));
+        return Err(problems);
+    }
     files.sort();
     if files.is_empty() {
-        return Err(Diagnostic::new(
+        return Err(vec![Diagnostic::new(
             path,
             None,
             "no *.yaml or *.yml rules files in this folder",
-        ));
+        )]);
     }
     Ok(files)
+}
+
+/// Whether `file` ends in `.yaml` or `.yml`, in any letter case.
+fn has_rules_extension(file: &Path) -> bool {
+    file.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Checks that a rules file of a folder can be read, following symbolic
+/// links, so that a broken link fails the load instead of dropping rules.
+fn check_rules_file(file: &Path) -> Result<(), String> {
+    match std::fs::metadata(file) {
+        Ok(metadata) if metadata.is_file() => Ok(()),
+        Ok(_) => Err("not a regular file; a rules folder may contain only rules files under *.yaml and *.yml names".into()),
+        Err(e) => match std::fs::read_link(file) {
+            Ok(target) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+                "cannot read rules file: it is a symbolic link to {}, which does not exist; fix or remove the link",
+                target.display()
+            )),
+            _ => Err(format!("cannot read rules file: {e}")),
+        },
+    }
 }
 
 /// One file being loaded, with the positions of its values.
@@ -250,6 +301,19 @@ impl Loader {
         host: &str,
         raw: &RawRegistry,
     ) {
+        if let Err(reason) = check_registry_host(host) {
+            // The path names the key, so it is rebuilt with any password hidden.
+            let mut diagnostic =
+                context.diagnostic(path, "", format!("invalid registry host: {reason}"));
+            diagnostic.path = Some(
+                YamlPath::root()
+                    .key("registries")
+                    .key(&redact_userinfo(host))
+                    .to_string(),
+            );
+            self.diagnostics.push(diagnostic);
+            return;
+        }
         if let Some((first, origin)) = self.registry_origins.get(host) {
             if first != raw {
                 let message = format!("settings of {host} differ from those at {origin}; a registry must be configured the same way in every file");
@@ -329,6 +393,12 @@ pub(super) fn parse_source(text: &str) -> Result<Source, String> {
         return Err(format!("source {text:?} needs a registry host and a repository path, such as `127.0.0.1:5001/team/app`"));
     }
     let (registry, rest) = split_registry(text);
+    check_registry_host(&registry).map_err(|reason| {
+        format!(
+            "source {:?} has an invalid registry host: {reason}",
+            redact_userinfo(text)
+        )
+    })?;
     if rest.contains(GLOB_CHARS) {
         return parse_glob(registry, &rest, text);
     }
@@ -388,6 +458,15 @@ mod tests {
             panic!("expected a glob");
         };
         assert_eq!(fixed, "ns2");
+    }
+
+    #[test]
+    fn source_host_error_hides_password() {
+        let error = parse_source("127.0.0.1:65536/ns/app").unwrap_err();
+        assert!(error.contains("port \"65536\""), "{error}");
+        let error = parse_source("alice:s3cret@127.0.0.1:5001/ns/**").unwrap_err();
+        assert!(error.contains("***@127.0.0.1:5001/ns/**"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Destinations of a rule and how a source repository maps onto them.
 
-use crate::oci::{is_valid_tag, split_registry, Repository};
+use crate::oci::{check_registry_host, is_valid_tag, redact_userinfo, split_registry, Repository};
 
 use super::Source;
 
@@ -25,6 +25,12 @@ impl Destination {
             return Err(format!("destination {text:?} needs a registry host and a repository path, such as `127.0.0.1:5002/mirror/app`"));
         }
         let (registry, rest) = split_registry(text);
+        check_registry_host(&registry).map_err(|reason| {
+            format!(
+                "destination {:?} has an invalid registry host: {reason}",
+                redact_userinfo(text)
+            )
+        })?;
         let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
         let (path, tag) = match rest[last_slash..].rfind(':') {
             Some(i) => (
@@ -166,6 +172,9 @@ mod tests {
     #[test]
     fn invalid_destinations() {
         assert!(Destination::parse("127.0.0.1:5002/Upper").is_err());
+        assert!(Destination::parse("127.0.0.1:70000/x").is_err());
+        let error = Destination::parse("u:pw@127.0.0.1:5002/x").unwrap_err();
+        assert!(!error.contains("pw"), "{error}");
         assert!(Destination::parse("127.0.0.1:5002/x/{bogus}").is_err());
         assert!(Destination::parse("nohost").is_err());
     }

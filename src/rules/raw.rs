@@ -46,10 +46,11 @@ pub struct RawRegistry {
     pub username: Option<String>,
     /// Password; write `${VARIABLE}` to read it from the environment.
     pub password: Option<String>,
-    /// Requests in flight at once to this registry.
-    #[schemars(range(min = 1))]
+    /// Requests in flight at once to this registry, from 1 to 1024.
+    #[schemars(range(min = 1, max = 1024))]
     pub max_concurrency: Option<usize>,
-    /// Request rate limit per second.
+    /// Request rate limit per second, from 0.01 to 10000.
+    #[schemars(range(min = 0.01, max = 10000))]
     pub requests_per_second: Option<f64>,
     /// Connect timeout, such as `10s` or `500ms`; a bare number is seconds.
     #[serde(default, deserialize_with = "duration_text")]

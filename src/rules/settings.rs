@@ -7,6 +7,14 @@ use super::load::expand;
 use super::raw::RawRegistry;
 use crate::registry::{ConnectionSettings, Credentials, Secret, TlsMode};
 
+/// Allowed `max_concurrency`. A bound is needed because tokio's semaphore
+/// panics above `usize::MAX >> 3` permits.
+const MAX_CONCURRENCY: std::ops::RangeInclusive<usize> = 1..=1024;
+
+/// Allowed `requests_per_second`, from one request every 100 seconds to
+/// 10000 requests a second.
+const REQUESTS_PER_SECOND: std::ops::RangeInclusive<f64> = 0.01..=10_000.0;
+
 /// Validates one `registries:` entry. File paths are relative to the rules
 /// file's folder.
 pub fn connection_settings(
@@ -92,15 +100,22 @@ fn set_credentials(raw: &RawRegistry, settings: &mut ConnectionSettings, errors:
 
 fn set_limits(raw: &RawRegistry, settings: &mut ConnectionSettings, errors: &mut Vec<String>) {
     if let Some(max) = raw.max_concurrency {
-        if max == 0 {
-            errors.push("max_concurrency: must be at least 1".to_string());
+        if !MAX_CONCURRENCY.contains(&max) {
+            errors.push(format!(
+                "max_concurrency: must be from {} to {}, not {max}",
+                MAX_CONCURRENCY.start(),
+                MAX_CONCURRENCY.end()
+            ));
         }
-        settings.max_concurrency = max.max(1);
+        settings.max_concurrency = max.clamp(*MAX_CONCURRENCY.start(), *MAX_CONCURRENCY.end());
     }
     if let Some(rate) = raw.requests_per_second {
-        if !(rate > 0.0 && rate.is_finite()) {
+        // A NaN fails `contains` too.
+        if !REQUESTS_PER_SECOND.contains(&rate) {
             errors.push(format!(
-                "requests_per_second: must be a positive number, not {rate}"
+                "requests_per_second: must be a number from {} to {}, not {rate:?}",
+                REQUESTS_PER_SECOND.start(),
+                REQUESTS_PER_SECOND.end()
             ));
         }
         settings.requests_per_second = Some(rate);
@@ -155,6 +170,41 @@ mod tests {
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("x"), None);
         assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_errors() {
+        for max in [0, 1025, 1 << 61] {
+            let raw = RawRegistry {
+                max_concurrency: Some(max),
+                ..RawRegistry::default()
+            };
+            let errors = connection_settings(Path::new("r.yaml"), &raw).unwrap_err();
+            assert_eq!(
+                errors,
+                vec![format!(
+                    "max_concurrency: must be from 1 to 1024, not {max}"
+                )]
+            );
+        }
+        for rate in [0.0, -1.0, 0.001, 10_001.0, f64::NAN, f64::INFINITY] {
+            let raw = RawRegistry {
+                requests_per_second: Some(rate),
+                ..RawRegistry::default()
+            };
+            let errors = connection_settings(Path::new("r.yaml"), &raw).unwrap_err();
+            assert!(
+                errors[0].contains("from 0.01 to 10000"),
+                "{rate}: {errors:?}"
+            );
+        }
+        let raw = RawRegistry {
+            max_concurrency: Some(1024),
+            requests_per_second: Some(0.01),
+            ..RawRegistry::default()
+        };
+        let settings = connection_settings(Path::new("r.yaml"), &raw).unwrap();
+        assert_eq!(settings.max_concurrency, 1024);
     }
 
     #[test]

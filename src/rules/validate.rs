@@ -11,7 +11,7 @@ use super::load::{expand_value, parse_source, FileContext, RuleSite};
 use super::locate::YamlPath;
 use super::raw::{RawDefaults, RawRule, RawTags};
 use super::{Destination, Diagnostic, FilterError, PlatformSpec, Protect, Rule, Source, TagFilter};
-use crate::oci::{Repository, Target};
+use crate::oci::{redact_userinfo, Repository, Target};
 
 /// Tags prune leaves alone unless a rule sets `protect:`: cosign's
 /// signature, attestation and SBOM tags and other `sha256-<hex>` tags that
@@ -164,7 +164,8 @@ fn destinations(
             }
         };
         if !seen.insert(text.clone()) {
-            errors.push(at, format!("destination {text:?} is listed twice"));
+            let redacted = redact_userinfo(&text);
+            errors.push(at, format!("destination {redacted:?} is listed twice"));
             continue;
         }
         match Destination::parse(&text) {

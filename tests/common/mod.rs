@@ -111,3 +111,104 @@ pub fn snapshot_settings() -> insta::Settings {
     settings.set_prepend_module_to_snapshot(false);
     settings
 }
+
+/// One request as [`HttpServer`] received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub target: String,
+    pub authorization: Option<String>,
+}
+
+/// Reply that [`HttpServer`] sends.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Reply {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_string(),
+        }
+    }
+
+    pub fn not_found() -> Self {
+        let body = serde_json::json!({"errors": [{"code": "NAME_UNKNOWN", "message": "scripted"}]});
+        Reply::json(404, body)
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Scripted HTTP/1.1 server on loopback that records every request, with
+/// its `Authorization` header, and closes each connection after one reply.
+pub struct HttpServer {
+    pub host: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl HttpServer {
+    pub fn start(respond: impl Fn(&Received) -> Reply + Send + 'static) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut authorization = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("authorization") {
+                            authorization = Some(value.trim().to_string());
+                        }
+                    }
+                }
+                let mut parts = request_line.split_whitespace();
+                let request = Received {
+                    method: parts.next().unwrap_or("").to_string(),
+                    target: parts.next().unwrap_or("").to_string(),
+                    authorization,
+                };
+                log.lock().unwrap().push(request.clone());
+                let reply = respond(&request);
+                let mut head = format!(
+                    "HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n",
+                    reply.status,
+                    reply.body.len()
+                );
+                for (name, value) in &reply.headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("\r\n");
+                let _ = stream.write_all(head.as_bytes());
+                if request.method != "HEAD" {
+                    let _ = stream.write_all(reply.body.as_bytes());
+                }
+            }
+        });
+        HttpServer { host, received }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
