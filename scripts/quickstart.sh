@@ -150,7 +150,7 @@ check_tools() {
         command -v "$tool" >/dev/null || fail "$tool not found in PATH: install it, then rerun"
     done
     if [[ ${QUICKSTART_SKIP_SYNC:-0} != 1 ]] && ! command -v cargo >/dev/null; then
-        fail "cargo not found in PATH: install Rust 1.80 or newer (https://rustup.rs), then rerun"
+        fail "cargo not found in PATH: install Rust 1.89 or newer (https://rustup.rs), then rerun"
     fi
 }
 
