@@ -71,7 +71,8 @@ pub fn default_path(rules: &Path, shard: Option<Shard>) -> Result<PathBuf, LockE
 fn lock_name(rules: &Path, shard: Option<Shard>) -> String {
     let canonical = std::fs::canonicalize(rules).unwrap_or_else(|_| rules.to_path_buf());
     let mut key = canonical.display().to_string();
-    if let Some(shard) = shard {
+    // Shard 0/1 is the whole job, so it shares the unsharded lock.
+    if let Some(shard) = shard.filter(|shard| shard.count > 1) {
         key.push_str(&format!(" shard {shard}"));
     }
     let hash = hex::encode(Sha256::digest(key.as_bytes()));
@@ -294,6 +295,7 @@ mod tests {
         let shard = lock_name(rules, Some(Shard { index: 0, count: 2 }));
         assert_ne!(whole, shard);
         assert_eq!(whole, lock_name(rules, None));
+        assert_eq!(whole, lock_name(rules, Some(Shard { index: 0, count: 1 })));
     }
 
     #[cfg(unix)]
