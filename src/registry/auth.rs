@@ -11,12 +11,17 @@ use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use tracing::debug;
 
-use super::error::error_chain;
+use super::error::{error_chain, format_size};
+use super::transport::read_capped;
 use super::{Credentials, RegistryError, Secret};
 
 /// Lifetime assumed for a token whose reply has no `expires_in`, as the
 /// distribution token specification prescribes.
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+
+/// Maximum token server reply size read. Replies are a few KiB of JSON: a token,
+/// its lifetime and maybe a refresh token.
+const MAX_TOKEN_REPLY_BYTES: usize = 1024 * 1024;
 
 /// Access a request needs, as token-server scope strings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -236,17 +241,23 @@ impl Authenticator {
         scope: &Scope,
     ) -> Result<CachedToken, RegistryError> {
         let request = self.token_request(realm, service, scope);
-        let response = request.send().await.map_err(|e| {
+        let mut response = request.send().await.map_err(|e| {
             self.auth_error(format!(
                 "token request to {realm} failed: {}",
                 error_chain(&e)
             ))
         })?;
         let status = response.status();
-        let body = response
-            .bytes()
+        let body = read_capped(&mut response, MAX_TOKEN_REPLY_BYTES)
             .await
             .map_err(|e| self.auth_error(format!("token reply from {realm} failed: {e}")))?;
+        if body.truncated && status.is_success() {
+            return Err(self.auth_error(format!(
+                "token reply from {realm} is larger than {}, the limit syncer reads; check the token server",
+                format_size(MAX_TOKEN_REPLY_BYTES as u64)
+            )));
+        }
+        let body = body.bytes;
         if !status.is_success() {
             let detail = super::error::ErrorBody::parse(&body);
             return Err(

@@ -16,11 +16,21 @@ use url::Url;
 
 use super::auth::Scope;
 use super::error::RequestInfo;
-use super::transport::{Reply, Req, Transport};
+use super::transport::{read_capped, transport_error, Reply, Req, Transport};
 use super::{ConnectionSettings, RegistryError};
 use crate::oci::{
     content_digest, Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target,
 };
+
+/// Maximum size of one catalog or tag list page, so that a page that never
+/// ends cannot exhaust memory. A catalog page of 1000 names takes about
+/// 50 KiB.
+const MAX_LIST_PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Maximum manifest size read. Docker Distribution rejects manifest pushes
+/// over 4 MiB (`maxManifestBodySize` in registry/handlers/manifests.go), and
+/// containerd reads at most 4 × 1048 × 1048 bytes (`MaxManifestSize`).
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest catalog page Docker Distribution accepts. Above it, 2.8.2
 /// returns 400 `PAGINATION_NUMBER_INVALID`.
@@ -94,10 +104,11 @@ impl RegistryClient {
     /// Lists every repository in the registry's catalog.
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/_catalog?n={CATALOG_PAGE}"));
-        let pages = match self.pages(first, Scope::catalog()).await {
+        let page_name = "catalog page";
+        let pages = match self.pages(first, Scope::catalog(), page_name).await {
             Err(e) if e.has_code("PAGINATION_NUMBER_INVALID") => {
-                self.pages(self.transport.url("v2/_catalog"), Scope::catalog())
-                    .await?
+                let first = self.transport.url("v2/_catalog");
+                self.pages(first, Scope::catalog(), page_name).await?
             }
             other => other?,
         };
@@ -113,8 +124,9 @@ impl RegistryClient {
     /// deleted has none.
     pub async fn tags(&self, repository: &Repository) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/{repository}/tags/list"));
+        let scope = Scope::pull(repository.as_str());
         let mut tags = Vec::new();
-        for page in self.pages(first, Scope::pull(repository.as_str())).await? {
+        for page in self.pages(first, scope, "tag list page").await? {
             let page: TagsPage = parse_json(&page.0, &page.1)?;
             tags.extend(page.tags.unwrap_or_default());
         }
@@ -123,10 +135,12 @@ impl RegistryClient {
 
     /// Fetches every page of a list, following `Link: <...>; rel="next"`
     /// relative to each request URL. A repeated URL is an error, not a loop.
+    /// `page_name` names a page in errors.
     async fn pages(
         &self,
         first: Url,
         scope: Scope,
+        page_name: &'static str,
     ) -> Result<Vec<(RequestInfo, Bytes)>, RegistryError> {
         let mut seen = HashSet::new();
         let mut pages = Vec::new();
@@ -144,7 +158,7 @@ impl RegistryClient {
                 .send(&Req::new(Method::GET, url.clone(), scope.clone()))
                 .await?;
             next = next_link(&url, reply.response.headers());
-            let body = read_body(&info, reply).await?;
+            let body = read_body(&info, reply, page_name, MAX_LIST_PAGE_BYTES).await?;
             pages.push((info, body));
         }
         Ok(pages)
@@ -218,7 +232,7 @@ impl RegistryClient {
             .header(ACCEPT, MediaType::ACCEPT_MANIFESTS);
         let reply = self.transport.send(&req).await?;
         let headers = reply.response.headers().clone();
-        let body = read_body(&info, reply).await?;
+        let body = read_body(&info, reply, "manifest", MAX_MANIFEST_BYTES).await?;
         let expected = match target {
             Target::Digest(d) => Some(d.clone()),
             Target::Tag(_) => {
@@ -474,16 +488,37 @@ fn next_link(base: &Url, headers: &HeaderMap) -> Option<Url> {
     None
 }
 
-async fn read_body(info: &RequestInfo, reply: Reply) -> Result<Bytes, RegistryError> {
-    reply
-        .response
-        .bytes()
+/// Reads a whole body of at most `limit` bytes. A larger one, `what` in
+/// the error, is rejected by its `Content-Length` before reading, or once
+/// `limit` is passed.
+async fn read_body(
+    info: &RequestInfo,
+    reply: Reply,
+    what: &'static str,
+    limit: usize,
+) -> Result<Bytes, RegistryError> {
+    let Reply {
+        mut response,
+        permit: _permit,
+    } = reply;
+    let too_large = || RegistryError::TooLarge {
+        request: info.clone(),
+        what,
+        limit: limit as u64,
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let body = read_capped(&mut response, limit)
         .await
-        .map_err(|source| RegistryError::Transport {
-            request: info.clone(),
-            source,
-            attempts: 1,
-        })
+        .map_err(|source| transport_error(info, source))?;
+    if body.truncated {
+        return Err(too_large());
+    }
+    Ok(body.bytes)
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(
@@ -588,7 +623,143 @@ impl Stream for HoldPermit {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use super::super::test_server::{serve, Body, Reply};
+    use super::super::TlsMode;
     use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    /// Builds a client for a scripted server: plain HTTP, one attempt, and
+    /// a read_timeout longer than [`within`] waits, so a read that waits
+    /// for more of a stalled body fails the test.
+    fn client(host: &str) -> RegistryClient {
+        let settings = ConnectionSettings {
+            tls: TlsMode::Disabled,
+            max_attempts: 1,
+            read_timeout: Duration::from_secs(60),
+            ..ConnectionSettings::default()
+        };
+        RegistryClient::new(host, settings).unwrap()
+    }
+
+    fn repository() -> Repository {
+        Repository::parse("team/app").unwrap()
+    }
+
+    fn tag() -> Target {
+        Target::parse("v1").unwrap()
+    }
+
+    /// Awaits `future` for at most 20 s.
+    async fn within<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), future)
+            .await
+            .expect("request finished within 20 s")
+    }
+
+    fn manifest_reply(body: Body) -> Reply {
+        Reply::new(200, body).header("Content-Type", MediaType::OCI_MANIFEST)
+    }
+
+    #[tokio::test]
+    async fn manifest_over_limit_is_rejected() {
+        let host = serve(|_, _| manifest_reply(Body::Stalled(vec![b' '; 4 * MIB + 1])));
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("manifest is larger than 4 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn manifest_claimed_length_is_checked_first() {
+        let host = serve(|_, _| {
+            manifest_reply(Body::Claimed {
+                length: 1 << 40,
+                bytes: b"{}".to_vec(),
+            })
+        });
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("manifest is larger than 4 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_manifest_stops_at_limit() {
+        let host = serve(|_, _| {
+            manifest_reply(Body::Endless {
+                chunk: vec![b' '; 64 * 1024],
+                interval: Duration::ZERO,
+            })
+        });
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("manifest is larger than 4 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn error_body_is_read_up_to_limit() {
+        let host = serve(|_, _| Reply::new(500, Body::Stalled(vec![b'x'; 256 * 1024])));
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        assert_eq!(error.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(error.to_string().contains("xxxx"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn tag_page_over_limit_is_rejected() {
+        let host = serve(|_, _| Reply::new(200, Body::Stalled(vec![b' '; 16 * MIB + 1])));
+
+        let error = within(client(&host).tags(&repository())).await.unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("tag list page is larger than 16 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_reply_over_limit_is_rejected() {
+        let token_host = serve(|_, _| Reply::new(200, Body::Stalled(vec![b' '; MIB + 1])));
+        let challenge = format!(r#"Bearer realm="http://{token_host}/token",service="test""#);
+        let host = serve(move |_, _| {
+            Reply::new(401, Body::Fixed(Vec::new())).header("WWW-Authenticate", &challenge)
+        });
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("token reply"), "{message}");
+        assert!(message.contains("larger than 1 MiB"), "{message}");
+    }
 
     #[test]
     fn next_link_resolves_relative() {

@@ -132,6 +132,14 @@ pub enum RegistryError {
         expected: u64,
         actual: u64,
     },
+    /// A reply body over the size syncer reads for its kind, so that a
+    /// registry cannot exhaust memory with an endless body.
+    #[error("{request}: {what} is larger than {}, the limit syncer reads; check what the registry serves", format_size(*limit))]
+    TooLarge {
+        request: RequestInfo,
+        what: &'static str,
+        limit: u64,
+    },
     #[error("{request}: {reason}")]
     Protocol {
         request: RequestInfo,
@@ -153,6 +161,19 @@ pub enum RegistryError {
     Schema1Refused { source: Box<RegistryError> },
     #[error("invalid settings for registry {registry}: {reason}")]
     Settings { registry: String, reason: String },
+}
+
+/// Formats a byte count as whole MiB or KiB where it is one.
+pub fn format_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 fn attempts_suffix(attempts: u32) -> String {

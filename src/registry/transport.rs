@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -22,6 +22,9 @@ use super::{ConnectionSettings, RegistryError, TlsMode};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Redirect hops followed for one GET or HEAD.
 const MAX_REDIRECTS: usize = 10;
+/// Bytes of an error reply read for its message. Registries send a short
+/// JSON envelope, and the rest of a longer body is never read.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// A request that can be sent again: its body is held in memory.
 pub struct Req {
@@ -336,6 +339,11 @@ fn build_http(
     if settings.tls == TlsMode::Insecure {
         builder = builder.danger_accept_invalid_certs(true);
     }
+    // Unit tests talk to their own loopback servers, never to a proxy that
+    // the environment names.
+    if cfg!(test) {
+        builder = builder.no_proxy();
+    }
     if let Some(path) = &settings.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| invalid(format!("cannot read ca_file {}: {e}", path.display())))?;
@@ -393,7 +401,7 @@ pub fn redirect_target(base: &Url, response: &Response) -> Option<Url> {
     base.join(location).ok()
 }
 
-fn transport_error(info: &RequestInfo, source: reqwest::Error) -> RegistryError {
+pub fn transport_error(info: &RequestInfo, source: reqwest::Error) -> RegistryError {
     RegistryError::Transport {
         request: info.clone(),
         source,
@@ -401,9 +409,45 @@ fn transport_error(info: &RequestInfo, source: reqwest::Error) -> RegistryError 
     }
 }
 
+/// A body read up to a limit.
+pub struct CappedBody {
+    /// The body's first bytes, at most the limit.
+    pub bytes: Bytes,
+    /// Whether the body went on past the limit. Reading stopped there.
+    pub truncated: bool,
+}
+
+/// Reads a body up to `limit` bytes, so a registry's endless body costs at
+/// most `limit` bytes of memory.
+pub async fn read_capped(
+    response: &mut Response,
+    limit: usize,
+) -> Result<CappedBody, reqwest::Error> {
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(CappedBody {
+                bytes: bytes.freeze(),
+                truncated: true,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(CappedBody {
+        bytes: bytes.freeze(),
+        truncated: false,
+    })
+}
+
 /// Turns a non-2xx response into an error, with the wait that `Retry-After`
-/// requests on a transient status.
-async fn status_error(info: RequestInfo, response: Response) -> (RegistryError, Option<Duration>) {
+/// requests on a transient status. Only the first
+/// [`MAX_ERROR_BODY_BYTES`] of the body are read.
+async fn status_error(
+    info: RequestInfo,
+    mut response: Response,
+) -> (RegistryError, Option<Duration>) {
     let status = response.status();
     let wait = if is_transient_status(status) {
         response
@@ -413,10 +457,10 @@ async fn status_error(info: RequestInfo, response: Response) -> (RegistryError, 
     } else {
         None
     };
-    let body = response
-        .bytes()
+    // A body that fails to arrive leaves the status with an empty body.
+    let body = read_capped(&mut response, MAX_ERROR_BODY_BYTES)
         .await
-        .map(|b| ErrorBody::parse(&b))
+        .map(|body| ErrorBody::parse(&body.bytes))
         .unwrap_or(ErrorBody::Empty);
     let error = RegistryError::Status {
         request: info,
