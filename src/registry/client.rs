@@ -15,17 +15,20 @@ use tracing::debug;
 use url::Url;
 
 use super::auth::Scope;
-use super::error::RequestInfo;
+use super::error::{format_size, RequestInfo};
 use super::transport::{read_capped, transport_error, Reply, Req, Transport};
 use super::{ConnectionSettings, RegistryError};
 use crate::oci::{
     content_digest, Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target,
 };
 
-/// Maximum size of one catalog or tag list page, so that a page that never
-/// ends cannot exhaust memory. A catalog page of 1000 names takes about
-/// 50 KiB.
+/// Limits of one catalog or tag list, so that a registry whose `next` links
+/// never end, or whose pages never end, cannot hang syncer or exhaust its
+/// memory. A catalog of 1000 names per page takes about 50 KiB per page.
+const MAX_LIST_PAGES: usize = 10_000;
+const MAX_LIST_ENTRIES: usize = 1_000_000;
 const MAX_LIST_PAGE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_LIST_BYTES: usize = 256 * 1024 * 1024;
 
 /// Maximum manifest size read. Docker Distribution rejects manifest pushes
 /// over 4 MiB (`maxManifestBodySize` in registry/handlers/manifests.go), and
@@ -85,6 +88,38 @@ struct TagsPage {
     tags: Option<Vec<String>>,
 }
 
+/// A paginated list of the distribution API.
+#[derive(Clone, Copy)]
+enum List {
+    Catalog,
+    Tags,
+}
+
+impl List {
+    fn name(self) -> &'static str {
+        match self {
+            List::Catalog => "catalog",
+            List::Tags => "tag list",
+        }
+    }
+
+    fn page_name(self) -> &'static str {
+        match self {
+            List::Catalog => "catalog page",
+            List::Tags => "tag list page",
+        }
+    }
+
+    /// Returns the entries of one page's JSON.
+    fn entries(self, info: &RequestInfo, body: &[u8]) -> Result<Vec<String>, RegistryError> {
+        let entries = match self {
+            List::Catalog => parse_json::<CatalogPage>(info, body)?.repositories,
+            List::Tags => parse_json::<TagsPage>(info, body)?.tags,
+        };
+        Ok(entries.unwrap_or_default())
+    }
+}
+
 /// Client for one registry host.
 pub struct RegistryClient {
     transport: Transport,
@@ -104,20 +139,13 @@ impl RegistryClient {
     /// Lists every repository in the registry's catalog.
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/_catalog?n={CATALOG_PAGE}"));
-        let page_name = "catalog page";
-        let pages = match self.pages(first, Scope::catalog(), page_name).await {
+        match self.pages(List::Catalog, first, Scope::catalog()).await {
             Err(e) if e.has_code("PAGINATION_NUMBER_INVALID") => {
                 let first = self.transport.url("v2/_catalog");
-                self.pages(first, Scope::catalog(), page_name).await?
+                self.pages(List::Catalog, first, Scope::catalog()).await
             }
-            other => other?,
-        };
-        let mut names = Vec::new();
-        for page in pages {
-            let page: CatalogPage = parse_json(&page.0, &page.1)?;
-            names.extend(page.repositories.unwrap_or_default());
+            other => other,
         }
-        Ok(names)
     }
 
     /// Lists the tags of `repository`; a repository whose tags were all
@@ -125,43 +153,59 @@ impl RegistryClient {
     pub async fn tags(&self, repository: &Repository) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/{repository}/tags/list"));
         let scope = Scope::pull(repository.as_str());
-        let mut tags = Vec::new();
-        for page in self.pages(first, scope, "tag list page").await? {
-            let page: TagsPage = parse_json(&page.0, &page.1)?;
-            tags.extend(page.tags.unwrap_or_default());
-        }
-        Ok(tags)
+        self.pages(List::Tags, first, scope).await
     }
 
     /// Fetches every page of a list, following `Link: <...>; rel="next"`
-    /// relative to each request URL. A repeated URL is an error, not a loop.
-    /// `page_name` names a page in errors.
+    /// relative to each request URL, and returns the entries of all pages.
+    /// A repeated URL is an error, not a loop, and so is a list over the
+    /// `MAX_LIST_*` limits.
     async fn pages(
         &self,
+        list: List,
         first: Url,
         scope: Scope,
-        page_name: &'static str,
-    ) -> Result<Vec<(RequestInfo, Bytes)>, RegistryError> {
+    ) -> Result<Vec<String>, RegistryError> {
         let mut seen = HashSet::new();
-        let mut pages = Vec::new();
+        let mut entries = Vec::new();
+        let mut bytes_read = 0;
         let mut next = Some(first);
         while let Some(url) = next.take() {
             let info = RequestInfo::new(&Method::GET, &url);
+            let over_limit = |limit: String| {
+                RegistryError::Protocol {
+                request: info.clone(),
+                reason: format!(
+                    "the {} has more than {limit}, the limit syncer reads; check the registry's pagination",
+                    list.name()
+                ),
+            }
+            };
             if !seen.insert(url.to_string()) {
                 return Err(RegistryError::Protocol {
                     request: info,
                     reason: "pagination repeated a page URL".into(),
                 });
             }
+            if seen.len() > MAX_LIST_PAGES {
+                return Err(over_limit(format!("{MAX_LIST_PAGES} pages")));
+            }
             let reply = self
                 .transport
                 .send(&Req::new(Method::GET, url.clone(), scope.clone()))
                 .await?;
             next = next_link(&url, reply.response.headers());
-            let body = read_body(&info, reply, page_name, MAX_LIST_PAGE_BYTES).await?;
-            pages.push((info, body));
+            let body = read_body(&info, reply, list.page_name(), MAX_LIST_PAGE_BYTES).await?;
+            bytes_read += body.len();
+            if bytes_read > MAX_LIST_BYTES {
+                return Err(over_limit(format_size(MAX_LIST_BYTES as u64)));
+            }
+            entries.extend(list.entries(&info, &body)?);
+            if entries.len() > MAX_LIST_ENTRIES {
+                return Err(over_limit(format!("{MAX_LIST_ENTRIES} entries")));
+            }
         }
-        Ok(pages)
+        Ok(entries)
     }
 
     /// Returns the digest and type of a manifest, or `None` if it does not
@@ -624,6 +668,8 @@ impl Stream for HoldPermit {
 #[cfg(test)]
 mod tests {
     use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::super::test_server::{serve, Body, Reply};
@@ -742,6 +788,40 @@ mod tests {
             message.contains("tag list page is larger than 16 MiB"),
             "{message}"
         );
+    }
+
+    #[tokio::test]
+    async fn endless_pagination_stops_at_page_limit() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let host = serve(move |_, _| {
+            let page = counter.fetch_add(1, Ordering::SeqCst);
+            let body = format!(r#"{{"name":"team/app","tags":["t{page}"]}}"#);
+            let link = format!(r#"</v2/team/app/tags/list?last=t{page}>; rel="next""#);
+            Reply::new(200, Body::Fixed(body.into_bytes())).header("Link", &link)
+        });
+
+        let error =
+            tokio::time::timeout(Duration::from_secs(300), client(&host).tags(&repository()))
+                .await
+                .expect("pagination ended within 300 s")
+                .unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("more than 10000 pages"), "{message}");
+        assert_eq!(requests.load(Ordering::SeqCst), MAX_LIST_PAGES);
+    }
+
+    #[tokio::test]
+    async fn tag_list_over_entry_limit_is_rejected() {
+        let tags: Vec<String> = (0..=MAX_LIST_ENTRIES).map(|i| i.to_string()).collect();
+        let body = serde_json::json!({"name": "team/app", "tags": tags}).to_string();
+        let host = serve(move |_, _| Reply::new(200, Body::Fixed(body.clone().into_bytes())));
+
+        let error = within(client(&host).tags(&repository())).await.unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("more than 1000000 entries"), "{message}");
     }
 
     #[tokio::test]
