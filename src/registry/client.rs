@@ -425,14 +425,8 @@ impl RegistryClient {
         let url = self
             .transport
             .url(&format!("v2/{repository}/blobs/{}", blob.digest));
-        let reply = self
-            .transport
-            .send(&Req::new(
-                Method::GET,
-                url,
-                Scope::pull(repository.as_str()),
-            ))
-            .await?;
+        let req = Req::new(Method::GET, url, Scope::pull(repository.as_str())).blob_transfer();
+        let reply = self.transport.send(&req).await?;
         Ok(verified_stream(reply, blob.clone()))
     }
 
@@ -543,6 +537,7 @@ async fn read_body(
 ) -> Result<Bytes, RegistryError> {
     let Reply {
         mut response,
+        deadline,
         permit: _permit,
     } = reply;
     let too_large = || RegistryError::TooLarge {
@@ -558,7 +553,7 @@ async fn read_body(
     }
     let body = read_capped(&mut response, limit)
         .await
-        .map_err(|source| transport_error(info, source))?;
+        .map_err(|source| transport_error(info, source, deadline))?;
     if body.truncated {
         return Err(too_large());
     }
@@ -839,6 +834,107 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("token reply"), "{message}");
         assert!(message.contains("larger than 1 MiB"), "{message}");
+    }
+
+    /// Builds a client whose small requests must finish within 1 s, while
+    /// a read_timeout of 5 s lets a slow body go on.
+    fn client_with_short_deadline(host: &str) -> RegistryClient {
+        let settings = ConnectionSettings {
+            tls: TlsMode::Disabled,
+            max_attempts: 1,
+            read_timeout: Duration::from_secs(5),
+            request_deadline: Duration::from_secs(1),
+            ..ConnectionSettings::default()
+        };
+        RegistryClient::new(host, settings).unwrap()
+    }
+
+    fn trickle() -> Body {
+        Body::Endless {
+            chunk: b" ".to_vec(),
+            interval: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_manifest_misses_deadline() {
+        let host = serve(|_, _| manifest_reply(trickle()));
+
+        let error = within(client_with_short_deadline(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(error, RegistryError::DeadlineExceeded { .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("timed out after 1s"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn slow_tag_list_misses_deadline() {
+        let host = serve(|_, _| Reply::new(200, trickle()));
+
+        let error = within(client_with_short_deadline(&host).tags(&repository()))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(error, RegistryError::DeadlineExceeded { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_token_reply_misses_deadline() {
+        let token_host = serve(|_, _| Reply::new(200, trickle()));
+        let challenge = format!(r#"Bearer realm="http://{token_host}/token",service="test""#);
+        let host = serve(move |_, _| {
+            Reply::new(401, Body::Fixed(Vec::new())).header("WWW-Authenticate", &challenge)
+        });
+
+        let error = within(client_with_short_deadline(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("token reply from"), "{message}");
+        assert!(message.contains("timed out after 1s"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn slow_blob_is_not_cut_by_deadline() {
+        let content = b"twenty bytes of blob".to_vec();
+        let blob = Descriptor {
+            media_type: MediaType::new("application/octet-stream"),
+            digest: Digest::compute(crate::oci::Algorithm::Sha256, &content),
+            size: content.len() as u64,
+            platform: None,
+            urls: Vec::new(),
+        };
+        let host = serve(move |_, _| {
+            Reply::new(
+                200,
+                Body::Slow {
+                    bytes: content.clone(),
+                    interval: Duration::from_millis(100),
+                },
+            )
+        });
+
+        let client = client_with_short_deadline(&host);
+        let received: Vec<Result<Bytes, RegistryError>> = within(async {
+            let stream = client.get_blob(&repository(), &blob).await.unwrap();
+            stream.collect().await
+        })
+        .await;
+
+        let bytes: usize = received
+            .iter()
+            .map(|chunk| chunk.as_ref().unwrap().len())
+            .sum();
+        assert_eq!(bytes, 20);
     }
 
     #[test]

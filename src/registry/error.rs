@@ -140,6 +140,14 @@ pub enum RegistryError {
         what: &'static str,
         limit: u64,
     },
+    /// A request other than a blob transfer that did not finish, body
+    /// included, within its deadline.
+    #[error("{request} timed out after {}s, the limit for requests other than blob transfers (5 × read_timeout, at least 5 minutes): the registry is sending too slowly{}", limit.as_secs(), attempts_suffix(*attempts))]
+    DeadlineExceeded {
+        request: RequestInfo,
+        limit: std::time::Duration,
+        attempts: u32,
+    },
     #[error("{request}: {reason}")]
     Protocol {
         request: RequestInfo,
@@ -269,8 +277,8 @@ impl RegistryError {
     }
 
     /// Whether trying the same operation again may succeed: connection
-    /// failures, timeouts, 408, 429 and 5xx gateway errors, and content that
-    /// arrived corrupt or short.
+    /// failures, timeouts and missed deadlines, 408, 429 and 5xx gateway
+    /// errors, and content that arrived corrupt or short.
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Status { status, .. } => is_transient_status(*status),
@@ -279,6 +287,7 @@ impl RegistryError {
             }
             RegistryError::DigestMismatch { .. }
             | RegistryError::SizeMismatch { .. }
+            | RegistryError::DeadlineExceeded { .. }
             | RegistryError::Unauthorized { .. } => true,
             _ => false,
         }
@@ -286,9 +295,9 @@ impl RegistryError {
 
     pub(crate) fn set_attempts(mut self, count: u32) -> Self {
         match &mut self {
-            RegistryError::Status { attempts, .. } | RegistryError::Transport { attempts, .. } => {
-                *attempts = count
-            }
+            RegistryError::Status { attempts, .. }
+            | RegistryError::Transport { attempts, .. }
+            | RegistryError::DeadlineExceeded { attempts, .. } => *attempts = count,
             _ => {}
         }
         self

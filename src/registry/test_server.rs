@@ -1,7 +1,7 @@
 //! A scripted HTTP/1.1 server on 127.0.0.1 for unit tests of the registry
 //! client: each connection gets one reply, chosen by a closure from the
-//! request's method and target, with a body that may be oversized, endless
-//! or stalled.
+//! request's method and target, with a body that may be oversized, endless,
+//! slow or stalled.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,6 +24,8 @@ pub enum Body {
     /// Chunked and endless: `chunk` every `interval` until the client hangs
     /// up.
     Endless { chunk: Vec<u8>, interval: Duration },
+    /// Chunked: `bytes` one byte every `interval`, then the end.
+    Slow { bytes: Vec<u8>, interval: Duration },
 }
 
 /// A reply to one request.
@@ -94,7 +96,9 @@ fn answer(mut stream: TcpStream, respond: &(dyn Fn(&str, &str) -> Reply + Send +
     match &reply.body {
         Body::Fixed(bytes) => head.push_str(&format!("Content-Length: {}\r\n", bytes.len())),
         Body::Claimed { length, .. } => head.push_str(&format!("Content-Length: {length}\r\n")),
-        Body::Stalled(_) | Body::Endless { .. } => head.push_str("Transfer-Encoding: chunked\r\n"),
+        Body::Stalled(_) | Body::Endless { .. } | Body::Slow { .. } => {
+            head.push_str("Transfer-Encoding: chunked\r\n")
+        }
     }
     head.push_str("\r\n");
     if stream.write_all(head.as_bytes()).is_err() || method == "HEAD" {
@@ -119,6 +123,15 @@ fn answer(mut stream: TcpStream, respond: &(dyn Fn(&str, &str) -> Reply + Send +
             while write_chunk(&mut stream, &chunk).is_ok() {
                 std::thread::sleep(interval);
             }
+        }
+        Body::Slow { bytes, interval } => {
+            for byte in bytes {
+                if write_chunk(&mut stream, &[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(interval);
+            }
+            let _ = write_chunk(&mut stream, &[]);
         }
     }
 }
