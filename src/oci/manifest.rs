@@ -55,6 +55,14 @@ pub enum ManifestError {
     Unsupported(String),
     #[error("invalid signed Docker schema1 manifest: {0}")]
     Schema1Signature(String),
+    /// An index below `max` levels of indexes. Images in practice nest two
+    /// or three levels, so a deeper chain comes from a broken or hostile
+    /// registry.
+    #[error("index {digest} is nested deeper than {max} levels of indexes, the limit syncer accepts; images nest two or three, so check what the source registry serves")]
+    IndexTooDeep { digest: Digest, max: usize },
+    /// An index listed again below itself.
+    #[error("index {digest} lists itself through its children, a cycle; check what the source registry serves")]
+    IndexCycle { digest: Digest },
 }
 
 #[derive(Deserialize)]

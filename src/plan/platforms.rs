@@ -109,10 +109,13 @@ pub async fn rewritten_tree(
 }
 
 /// Adds a child's manifests and blobs after those already in `tree`,
-/// each blob once, children before the index that lists them.
+/// each manifest and blob once, children before the index that lists them.
 fn merge_child(tree: &mut ImageTree, child: &ImageTree) {
-    tree.children.extend(child.children.iter().cloned());
-    tree.children.push(child.root.clone());
+    for manifest in child.children.iter().chain([&child.root]) {
+        if !tree.children.iter().any(|m| m.digest == manifest.digest) {
+            tree.children.push(manifest.clone());
+        }
+    }
     for blob in &child.blobs {
         if !tree.blobs.iter().any(|b| b.digest == blob.digest) {
             tree.blobs.push(blob.clone());
@@ -262,5 +265,41 @@ mod tests {
         let first = rewrite_index(INDEX.as_bytes(), &platforms).unwrap();
         let second = rewrite_index(INDEX.as_bytes(), &platforms).unwrap();
         assert_eq!(first, second);
+    }
+
+    fn leaf(hex_digit: char) -> Manifest {
+        let digest = format!("sha256:{}", hex_digit.to_string().repeat(64));
+        Manifest::new(
+            Bytes::from_static(b"{}"),
+            Some(crate::oci::MediaType::OCI_MANIFEST),
+            digest.parse().unwrap(),
+        )
+    }
+
+    fn tree_of(root: Manifest, children: Vec<Manifest>) -> ImageTree {
+        ImageTree {
+            root,
+            children,
+            blobs: Vec::new(),
+            foreign: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merge_child_keeps_each_manifest_once() {
+        let mut merged = tree_of(leaf('0'), Vec::new());
+        let first = tree_of(leaf('1'), vec![leaf('3')]);
+        let second = tree_of(leaf('2'), vec![leaf('3')]);
+
+        merge_child(&mut merged, &first);
+        merge_child(&mut merged, &second);
+        merge_child(&mut merged, &second);
+
+        let digits: Vec<char> = merged
+            .children
+            .iter()
+            .map(|m| m.digest.to_string().chars().last().unwrap())
+            .collect();
+        assert_eq!(digits, ['3', '1', '2']);
     }
 }

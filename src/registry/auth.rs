@@ -11,12 +11,17 @@ use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use tracing::debug;
 
-use super::error::error_chain;
+use super::error::{error_chain, format_size};
+use super::transport::read_capped;
 use super::{Credentials, RegistryError, Secret};
 
 /// Lifetime assumed for a token whose reply has no `expires_in`, as the
 /// distribution token specification prescribes.
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+
+/// Maximum token server reply size read. Replies are a few KiB of JSON: a
+/// token, its lifetime and maybe a refresh token.
+const MAX_TOKEN_REPLY_BYTES: usize = 1024 * 1024;
 
 /// Access a request needs, as token-server scope strings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -120,6 +125,8 @@ pub struct Authenticator {
     registry: String,
     credentials: Option<Credentials>,
     http: reqwest::Client,
+    /// Maximum time one token request may take, its reply included.
+    request_deadline: Duration,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, CachedToken>>,
     /// Serialises token fetches so concurrent requests share one token.
@@ -127,11 +134,17 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(registry: &str, credentials: Option<Credentials>, http: reqwest::Client) -> Self {
+    pub fn new(
+        registry: &str,
+        credentials: Option<Credentials>,
+        http: reqwest::Client,
+        request_deadline: Duration,
+    ) -> Self {
         Authenticator {
             registry: registry.to_string(),
             credentials,
             http,
+            request_deadline,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -235,18 +248,36 @@ impl Authenticator {
         service: Option<&str>,
         scope: &Scope,
     ) -> Result<CachedToken, RegistryError> {
-        let request = self.token_request(realm, service, scope);
-        let response = request.send().await.map_err(|e| {
-            self.auth_error(format!(
-                "token request to {realm} failed: {}",
-                error_chain(&e)
-            ))
-        })?;
-        let status = response.status();
-        let body = response
-            .bytes()
+        let request = self
+            .token_request(realm, service, scope)
+            .timeout(self.request_deadline);
+        let started = Instant::now();
+        let failed = |step: &str, error: reqwest::Error| {
+            let reason = if error.is_timeout() && started.elapsed() >= self.request_deadline {
+                format!(
+                    "{step} {realm} timed out after {}s, the limit for token requests (5 × read_timeout, at least 5 minutes)",
+                    self.request_deadline.as_secs()
+                )
+            } else {
+                format!("{step} {realm} failed: {}", error_chain(&error))
+            };
+            self.auth_error(reason)
+        };
+        let mut response = request
+            .send()
             .await
-            .map_err(|e| self.auth_error(format!("token reply from {realm} failed: {e}")))?;
+            .map_err(|e| failed("token request to", e))?;
+        let status = response.status();
+        let body = read_capped(&mut response, MAX_TOKEN_REPLY_BYTES)
+            .await
+            .map_err(|e| failed("token reply from", e))?;
+        if body.truncated && status.is_success() {
+            return Err(self.auth_error(format!(
+                "token reply from {realm} is larger than {}, the limit syncer reads; check the token server",
+                format_size(MAX_TOKEN_REPLY_BYTES as u64)
+            )));
+        }
+        let body = body.bytes;
         if !status.is_success() {
             let detail = super::error::ErrorBody::parse(&body);
             return Err(

@@ -15,12 +15,25 @@ use tracing::debug;
 use url::Url;
 
 use super::auth::Scope;
-use super::error::RequestInfo;
-use super::transport::{Reply, Req, Transport};
+use super::error::{format_size, RequestInfo};
+use super::transport::{read_capped, transport_error, Reply, Req, Transport};
 use super::{ConnectionSettings, RegistryError};
 use crate::oci::{
     content_digest, Descriptor, Digest, DigestHasher, Manifest, MediaType, Repository, Target,
 };
+
+/// Limits of one catalog or tag list, so that a registry whose `next` links
+/// never end, or whose pages never end, cannot hang syncer or exhaust its
+/// memory. A catalog of 1000 names per page takes about 50 KiB per page.
+const MAX_LIST_PAGES: usize = 10_000;
+const MAX_LIST_ENTRIES: usize = 1_000_000;
+const MAX_LIST_PAGE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_LIST_BYTES: usize = 256 * 1024 * 1024;
+
+/// Maximum manifest size read. Docker Distribution rejects manifest pushes
+/// over 4 MiB (`maxManifestBodySize` in registry/handlers/manifests.go), and
+/// containerd reads at most 4 × 1048 × 1048 bytes (`MaxManifestSize`).
+const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// Largest catalog page Docker Distribution accepts. Above it, 2.8.2
 /// returns 400 `PAGINATION_NUMBER_INVALID`.
@@ -75,6 +88,38 @@ struct TagsPage {
     tags: Option<Vec<String>>,
 }
 
+/// A paginated list of the distribution API.
+#[derive(Clone, Copy)]
+enum List {
+    Catalog,
+    Tags,
+}
+
+impl List {
+    fn name(self) -> &'static str {
+        match self {
+            List::Catalog => "catalog",
+            List::Tags => "tag list",
+        }
+    }
+
+    fn page_name(self) -> &'static str {
+        match self {
+            List::Catalog => "catalog page",
+            List::Tags => "tag list page",
+        }
+    }
+
+    /// Returns the entries of one page's JSON.
+    fn entries(self, info: &RequestInfo, body: &[u8]) -> Result<Vec<String>, RegistryError> {
+        let entries = match self {
+            List::Catalog => parse_json::<CatalogPage>(info, body)?.repositories,
+            List::Tags => parse_json::<TagsPage>(info, body)?.tags,
+        };
+        Ok(entries.unwrap_or_default())
+    }
+}
+
 /// Client for one registry host.
 pub struct RegistryClient {
     transport: Transport,
@@ -94,19 +139,13 @@ impl RegistryClient {
     /// Lists every repository in the registry's catalog.
     pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/_catalog?n={CATALOG_PAGE}"));
-        let pages = match self.pages(first, Scope::catalog()).await {
+        match self.pages(List::Catalog, first, Scope::catalog()).await {
             Err(e) if e.has_code("PAGINATION_NUMBER_INVALID") => {
-                self.pages(self.transport.url("v2/_catalog"), Scope::catalog())
-                    .await?
+                let first = self.transport.url("v2/_catalog");
+                self.pages(List::Catalog, first, Scope::catalog()).await
             }
-            other => other?,
-        };
-        let mut names = Vec::new();
-        for page in pages {
-            let page: CatalogPage = parse_json(&page.0, &page.1)?;
-            names.extend(page.repositories.unwrap_or_default());
+            other => other,
         }
-        Ok(names)
     }
 
     /// Lists the tags of `repository`; a repository whose tags were all
@@ -122,32 +161,43 @@ impl RegistryClient {
         access: Access,
     ) -> Result<Vec<String>, RegistryError> {
         let first = self.transport.url(&format!("v2/{repository}/tags/list"));
-        let mut tags = Vec::new();
-        for page in self.pages(first, access.scope(repository)).await? {
-            let page: TagsPage = parse_json(&page.0, &page.1)?;
-            tags.extend(page.tags.unwrap_or_default());
-        }
-        Ok(tags)
+        self.pages(List::Tags, first, access.scope(repository))
+            .await
     }
 
     /// Fetches every page of a list, following `Link: <...>; rel="next"`
-    /// relative to each request URL. A repeated URL is an error, not a loop,
-    /// and so is a link to another origin than the registry's.
+    /// relative to each request URL, and returns the entries of all pages.
+    /// A repeated URL is an error, not a loop, and so are a link to another
+    /// origin than the registry's and a list over the `MAX_LIST_*` limits.
     async fn pages(
         &self,
+        list: List,
         first: Url,
         scope: Scope,
-    ) -> Result<Vec<(RequestInfo, Bytes)>, RegistryError> {
+    ) -> Result<Vec<String>, RegistryError> {
         let mut seen = HashSet::new();
-        let mut pages = Vec::new();
+        let mut entries = Vec::new();
+        let mut bytes_read = 0;
         let mut next = Some(first);
         while let Some(url) = next.take() {
             let info = RequestInfo::new(&Method::GET, &url);
+            let over_limit = |limit: String| {
+                RegistryError::Protocol {
+                request: info.clone(),
+                reason: format!(
+                    "the {} has more than {limit}, the limit syncer reads; check the registry's pagination",
+                    list.name()
+                ),
+            }
+            };
             if !seen.insert(url.to_string()) {
                 return Err(RegistryError::Protocol {
                     request: info,
                     reason: "pagination repeated a page URL".into(),
                 });
+            }
+            if seen.len() > MAX_LIST_PAGES {
+                return Err(over_limit(format!("{MAX_LIST_PAGES} pages")));
             }
             let reply = self
                 .transport
@@ -158,10 +208,17 @@ impl RegistryClient {
                 self.transport
                     .check_own_origin(&info, link, "next-page Link")?;
             }
-            let body = read_body(&info, reply).await?;
-            pages.push((info, body));
+            let body = read_body(&info, reply, list.page_name(), MAX_LIST_PAGE_BYTES).await?;
+            bytes_read += body.len();
+            if bytes_read > MAX_LIST_BYTES {
+                return Err(over_limit(format_size(MAX_LIST_BYTES as u64)));
+            }
+            entries.extend(list.entries(&info, &body)?);
+            if entries.len() > MAX_LIST_ENTRIES {
+                return Err(over_limit(format!("{MAX_LIST_ENTRIES} entries")));
+            }
         }
-        Ok(pages)
+        Ok(entries)
     }
 
     /// Returns the digest and type of a manifest, or `None` if it does not
@@ -232,7 +289,7 @@ impl RegistryClient {
             .header(ACCEPT, MediaType::ACCEPT_MANIFESTS);
         let reply = self.transport.send(&req).await?;
         let headers = reply.response.headers().clone();
-        let body = read_body(&info, reply).await?;
+        let body = read_body(&info, reply, "manifest", MAX_MANIFEST_BYTES).await?;
         let expected = match target {
             Target::Digest(d) => Some(d.clone()),
             Target::Tag(_) => {
@@ -381,14 +438,8 @@ impl RegistryClient {
         let url = self
             .transport
             .url(&format!("v2/{repository}/blobs/{}", blob.digest));
-        let reply = self
-            .transport
-            .send(&Req::new(
-                Method::GET,
-                url,
-                Scope::pull(repository.as_str()),
-            ))
-            .await?;
+        let req = Req::new(Method::GET, url, Scope::pull(repository.as_str())).blob_transfer();
+        let reply = self.transport.send(&req).await?;
         Ok(verified_stream(reply, blob.clone()))
     }
 
@@ -490,16 +541,38 @@ fn next_link(base: &Url, headers: &HeaderMap) -> Option<Url> {
     None
 }
 
-async fn read_body(info: &RequestInfo, reply: Reply) -> Result<Bytes, RegistryError> {
-    reply
-        .response
-        .bytes()
+/// Reads a whole body of at most `limit` bytes. A larger one, `what` in
+/// the error, is rejected by its `Content-Length` before reading, or once
+/// `limit` is passed.
+async fn read_body(
+    info: &RequestInfo,
+    reply: Reply,
+    what: &'static str,
+    limit: usize,
+) -> Result<Bytes, RegistryError> {
+    let Reply {
+        mut response,
+        deadline,
+        permit: _permit,
+    } = reply;
+    let too_large = || RegistryError::TooLarge {
+        request: info.clone(),
+        what,
+        limit: limit as u64,
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let body = read_capped(&mut response, limit)
         .await
-        .map_err(|source| RegistryError::Transport {
-            request: info.clone(),
-            source,
-            attempts: 1,
-        })
+        .map_err(|source| transport_error(info, source, deadline))?;
+    if body.truncated {
+        return Err(too_large());
+    }
+    Ok(body.bytes)
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(
@@ -614,7 +687,280 @@ impl Stream for HoldPermit {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::test_server::{serve, Body, Reply};
+    use super::super::TlsMode;
     use super::*;
+
+    const MIB: usize = 1024 * 1024;
+
+    /// Builds a client for a scripted server: plain HTTP, one attempt, and
+    /// a read_timeout longer than [`within`] waits, so a read that waits
+    /// for more of a stalled body fails the test.
+    fn client(host: &str) -> RegistryClient {
+        let settings = ConnectionSettings {
+            tls: TlsMode::Disabled,
+            max_attempts: 1,
+            read_timeout: Duration::from_secs(60),
+            ..ConnectionSettings::default()
+        };
+        RegistryClient::new(host, settings).unwrap()
+    }
+
+    fn repository() -> Repository {
+        Repository::parse("team/app").unwrap()
+    }
+
+    fn tag() -> Target {
+        Target::parse("v1").unwrap()
+    }
+
+    /// Awaits `future` for at most 20 s.
+    async fn within<T>(future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), future)
+            .await
+            .expect("request finished within 20 s")
+    }
+
+    fn manifest_reply(body: Body) -> Reply {
+        Reply::new(200, body).header("Content-Type", MediaType::OCI_MANIFEST)
+    }
+
+    #[tokio::test]
+    async fn manifest_over_limit_is_rejected() {
+        let host = serve(|_, _| manifest_reply(Body::Stalled(vec![b' '; 4 * MIB + 1])));
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("manifest is larger than 4 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn manifest_claimed_length_is_checked_first() {
+        let host = serve(|_, _| {
+            manifest_reply(Body::Claimed {
+                length: 1 << 40,
+                bytes: b"{}".to_vec(),
+            })
+        });
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("manifest is larger than 4 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_manifest_stops_at_limit() {
+        let host = serve(|_, _| {
+            manifest_reply(Body::Endless {
+                chunk: vec![b' '; 64 * 1024],
+                interval: Duration::ZERO,
+            })
+        });
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("manifest is larger than 4 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn error_body_is_read_up_to_limit() {
+        let host = serve(|_, _| Reply::new(500, Body::Stalled(vec![b'x'; 256 * 1024])));
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        assert_eq!(error.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert!(error.to_string().contains("xxxx"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn tag_page_over_limit_is_rejected() {
+        let host = serve(|_, _| Reply::new(200, Body::Stalled(vec![b' '; 16 * MIB + 1])));
+
+        let error = within(client(&host).tags(&repository())).await.unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.contains("tag list page is larger than 16 MiB"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endless_pagination_stops_at_page_limit() {
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = requests.clone();
+        let host = serve(move |_, _| {
+            let page = counter.fetch_add(1, Ordering::SeqCst);
+            let body = format!(r#"{{"name":"team/app","tags":["t{page}"]}}"#);
+            let link = format!(r#"</v2/team/app/tags/list?last=t{page}>; rel="next""#);
+            Reply::new(200, Body::Fixed(body.into_bytes())).header("Link", &link)
+        });
+
+        let error =
+            tokio::time::timeout(Duration::from_secs(300), client(&host).tags(&repository()))
+                .await
+                .expect("pagination ended within 300 s")
+                .unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("more than 10000 pages"), "{message}");
+        assert_eq!(requests.load(Ordering::SeqCst), MAX_LIST_PAGES);
+    }
+
+    #[tokio::test]
+    async fn tag_list_over_entry_limit_is_rejected() {
+        let tags: Vec<String> = (0..=MAX_LIST_ENTRIES).map(|i| i.to_string()).collect();
+        let body = serde_json::json!({"name": "team/app", "tags": tags}).to_string();
+        let host = serve(move |_, _| Reply::new(200, Body::Fixed(body.clone().into_bytes())));
+
+        let error = within(client(&host).tags(&repository())).await.unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("more than 1000000 entries"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn token_reply_over_limit_is_rejected() {
+        let token_host = serve(|_, _| Reply::new(200, Body::Stalled(vec![b' '; MIB + 1])));
+        let challenge = format!(r#"Bearer realm="http://{token_host}/token",service="test""#);
+        let host = serve(move |_, _| {
+            Reply::new(401, Body::Fixed(Vec::new())).header("WWW-Authenticate", &challenge)
+        });
+
+        let error = within(client(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("token reply"), "{message}");
+        assert!(message.contains("larger than 1 MiB"), "{message}");
+    }
+
+    /// Builds a client whose small requests must finish within 1 s, while
+    /// a read_timeout of 5 s lets a slow body go on.
+    fn client_with_short_deadline(host: &str) -> RegistryClient {
+        let settings = ConnectionSettings {
+            tls: TlsMode::Disabled,
+            max_attempts: 1,
+            read_timeout: Duration::from_secs(5),
+            request_deadline: Duration::from_secs(1),
+            ..ConnectionSettings::default()
+        };
+        RegistryClient::new(host, settings).unwrap()
+    }
+
+    fn trickle() -> Body {
+        Body::Endless {
+            chunk: b" ".to_vec(),
+            interval: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_manifest_misses_deadline() {
+        let host = serve(|_, _| manifest_reply(trickle()));
+
+        let error = within(client_with_short_deadline(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(error, RegistryError::DeadlineExceeded { .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("timed out after 1s"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn slow_tag_list_misses_deadline() {
+        let host = serve(|_, _| Reply::new(200, trickle()));
+
+        let error = within(client_with_short_deadline(&host).tags(&repository()))
+            .await
+            .unwrap_err();
+
+        assert!(
+            matches!(error, RegistryError::DeadlineExceeded { .. }),
+            "{error:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_token_reply_misses_deadline() {
+        let token_host = serve(|_, _| Reply::new(200, trickle()));
+        let challenge = format!(r#"Bearer realm="http://{token_host}/token",service="test""#);
+        let host = serve(move |_, _| {
+            Reply::new(401, Body::Fixed(Vec::new())).header("WWW-Authenticate", &challenge)
+        });
+
+        let error = within(client_with_short_deadline(&host).get_manifest(&repository(), &tag()))
+            .await
+            .unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("token reply from"), "{message}");
+        assert!(message.contains("timed out after 1s"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn slow_blob_is_not_cut_by_deadline() {
+        let content = b"twenty bytes of blob".to_vec();
+        let blob = Descriptor {
+            media_type: MediaType::new("application/octet-stream"),
+            digest: Digest::compute(crate::oci::Algorithm::Sha256, &content),
+            size: content.len() as u64,
+            platform: None,
+            urls: Vec::new(),
+        };
+        let host = serve(move |_, _| {
+            Reply::new(
+                200,
+                Body::Slow {
+                    bytes: content.clone(),
+                    interval: Duration::from_millis(100),
+                },
+            )
+        });
+
+        let client = client_with_short_deadline(&host);
+        let received: Vec<Result<Bytes, RegistryError>> = within(async {
+            let stream = client.get_blob(&repository(), &blob).await.unwrap();
+            stream.collect().await
+        })
+        .await;
+
+        let bytes: usize = received
+            .iter()
+            .map(|chunk| chunk.as_ref().unwrap().len())
+            .sum();
+        assert_eq!(bytes, 20);
+    }
 
     #[test]
     fn next_link_resolves_relative() {

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde::Deserialize;
@@ -83,6 +85,11 @@ struct HelperReply {
     #[serde(rename = "Secret")]
     secret: String,
 }
+
+/// Maximum time a docker credential helper may run. Without it, a helper
+/// that waits for a keychain to be unlocked, or for input, would block
+/// the run forever.
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Key under which docker stores Docker Hub's credentials.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -195,24 +202,8 @@ fn run_helper(
     registry: &str,
 ) -> Result<Option<Credentials>, RegistryError> {
     let program = format!("docker-credential-{helper}");
-    let mut child = Command::new(&program)
-        .arg("get")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            settings_error(
-                registry,
-                format!("cannot run credential helper {program}: {e}"),
-            )
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(key.as_bytes());
-    }
-    let output = child.wait_with_output().map_err(|e| {
-        settings_error(registry, format!("credential helper {program} failed: {e}"))
-    })?;
+    let output = run_program(&program, key, HELPER_TIMEOUT)
+        .map_err(|reason| settings_error(registry, reason))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         if stdout.contains("credentials not found") {
@@ -240,6 +231,83 @@ fn run_helper(
         username: reply.username,
         password: Secret::new(reply.secret),
     }))
+}
+
+/// Runs `program get` with `key` on stdin and returns its exit status and
+/// output. A helper still running after `timeout`, or still holding its
+/// output open, is killed, and only that process: a child it started may
+/// live on.
+fn run_program(program: &str, key: &str, timeout: Duration) -> Result<Output, String> {
+    let deadline = Instant::now() + timeout;
+    let mut child = Command::new(program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run credential helper {program}: {e}"))?;
+
+    // The key is far smaller than a pipe's buffer, so this write returns
+    // even when the helper never reads it.
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(key.as_bytes());
+    }
+    let output = child.stdout.take().map(read_in_background);
+
+    let timed_out = |child: &mut Child| {
+        stop(child);
+        format!(
+            "credential helper {program} timed out after {}s and was stopped; check that `{program} get` returns at once in a shell, or remove it from docker's config.json",
+            timeout.as_secs()
+        )
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let stdout = match output.map(|receiver| receiver.recv_timeout(remaining)) {
+        None => Vec::new(),
+        Some(Ok(Ok(bytes))) => bytes,
+        Some(Ok(Err(e))) => {
+            stop(&mut child);
+            return Err(format!(
+                "cannot read the output of credential helper {program}: {e}"
+            ));
+        }
+        Some(Err(_)) => return Err(timed_out(&mut child)),
+    };
+
+    loop {
+        let status = child
+            .try_wait()
+            .map_err(|e| format!("credential helper {program} failed: {e}"))?;
+        if let Some(status) = status {
+            return Ok(Output {
+                status,
+                stdout,
+                stderr: Vec::new(),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(timed_out(&mut child));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads `stdout` to its end on a thread of its own, so a helper that
+/// never closes it cannot block the caller past its deadline.
+fn read_in_background(mut stdout: ChildStdout) -> mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let read = stdout.read_to_end(&mut bytes).map(|_| bytes);
+        let _ = sender.send(read);
+    });
+    receiver
+}
+
+/// Kills a helper by its handle and reaps it.
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn settings_error(registry: &str, reason: String) -> RegistryError {
@@ -279,5 +347,67 @@ mod tests {
     #[test]
     fn docker_hub_uses_index_key() {
         assert_eq!(config_key("docker.io"), DOCKER_HUB_KEY);
+    }
+
+    /// Writes an executable shell script, to stand in for a helper.
+    fn script(dir: &std::path::Path, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+
+        let path = dir.join("docker-credential-test");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn helper_output_is_returned() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let program = script(
+            dir.path(),
+            r#"read server; echo "{\"Username\":\"u\",\"Secret\":\"$server\"}""#,
+        );
+
+        let output = run_program(&program, "127.0.0.1:5000\n", Duration::from_secs(10)).unwrap();
+
+        assert!(output.status.success());
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            stdout.trim(),
+            r#"{"Username":"u","Secret":"127.0.0.1:5000"}"#
+        );
+    }
+
+    #[test]
+    fn hanging_helper_is_killed() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let program = script(dir.path(), "exec sleep 60");
+        let started = Instant::now();
+
+        let error = run_program(&program, "127.0.0.1:5000", Duration::from_secs(1)).unwrap_err();
+
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(error.contains("timed out after 1s"), "{error}");
+    }
+
+    #[test]
+    fn helper_grandchild_is_not_awaited() {
+        let dir = tempfile::TempDir::new().unwrap();
+        // The shell waits for `sleep`, which keeps stdout open after the
+        // shell itself is killed.
+        let program = script(dir.path(), "sleep 8; true");
+        let started = Instant::now();
+
+        let error = run_program(&program, "127.0.0.1:5000", Duration::from_secs(1)).unwrap_err();
+
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(error.contains("timed out after 1s"), "{error}");
     }
 }

@@ -132,6 +132,22 @@ pub enum RegistryError {
         expected: u64,
         actual: u64,
     },
+    /// A reply body over the size syncer reads for its kind, so that a
+    /// registry cannot exhaust memory with an endless body.
+    #[error("{request}: {what} is larger than {}, the limit syncer reads; check what the registry serves", format_size(*limit))]
+    TooLarge {
+        request: RequestInfo,
+        what: &'static str,
+        limit: u64,
+    },
+    /// A request other than a blob transfer that did not finish, body
+    /// included, within its deadline.
+    #[error("{request} timed out after {}s, the limit for requests other than blob transfers (5 × read_timeout, at least 5 minutes): the registry is sending too slowly{}", limit.as_secs(), attempts_suffix(*attempts))]
+    DeadlineExceeded {
+        request: RequestInfo,
+        limit: std::time::Duration,
+        attempts: u32,
+    },
     #[error("{request}: {reason}")]
     Protocol {
         request: RequestInfo,
@@ -153,6 +169,19 @@ pub enum RegistryError {
     Schema1Refused { source: Box<RegistryError> },
     #[error("invalid settings for registry {registry}: {reason}")]
     Settings { registry: String, reason: String },
+}
+
+/// Formats a byte count as whole MiB or KiB where it is one.
+pub fn format_size(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
+        format!("{} KiB", bytes / KIB)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 fn attempts_suffix(attempts: u32) -> String {
@@ -248,8 +277,8 @@ impl RegistryError {
     }
 
     /// Whether trying the same operation again may succeed: connection
-    /// failures, timeouts, 408, 429 and 5xx gateway errors, and content that
-    /// arrived corrupt or short.
+    /// failures, timeouts and missed deadlines, 408, 429 and 5xx gateway
+    /// errors, and content that arrived corrupt or short.
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Status { status, .. } => is_transient_status(*status),
@@ -258,6 +287,7 @@ impl RegistryError {
             }
             RegistryError::DigestMismatch { .. }
             | RegistryError::SizeMismatch { .. }
+            | RegistryError::DeadlineExceeded { .. }
             | RegistryError::Unauthorized { .. } => true,
             _ => false,
         }
@@ -265,9 +295,9 @@ impl RegistryError {
 
     pub(crate) fn set_attempts(mut self, count: u32) -> Self {
         match &mut self {
-            RegistryError::Status { attempts, .. } | RegistryError::Transport { attempts, .. } => {
-                *attempts = count
-            }
+            RegistryError::Status { attempts, .. }
+            | RegistryError::Transport { attempts, .. }
+            | RegistryError::DeadlineExceeded { attempts, .. } => *attempts = count,
             _ => {}
         }
         self

@@ -8,6 +8,8 @@ mod client;
 mod credentials;
 mod error;
 mod settings;
+#[cfg(test)]
+mod test_server;
 mod transport;
 
 pub use auth::Scope;

@@ -40,6 +40,10 @@ pub struct ConnectionSettings {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
     pub read_timeout: Duration,
+    /// Maximum time one attempt of a request other than a blob transfer
+    /// may take, from connecting until its body is read. Set it with
+    /// [`ConnectionSettings::set_read_timeout`].
+    pub request_deadline: Duration,
     /// Attempts per request, the first included.
     pub max_attempts: u32,
 }
@@ -56,9 +60,28 @@ impl Default for ConnectionSettings {
             requests_per_second: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            request_deadline: request_deadline(Duration::from_secs(60)),
             max_attempts: 5,
         }
     }
+}
+
+impl ConnectionSettings {
+    /// Sets `read_timeout` and the request deadline derived from it.
+    pub fn set_read_timeout(&mut self, read_timeout: Duration) {
+        self.read_timeout = read_timeout;
+        self.request_deadline = request_deadline(read_timeout);
+    }
+}
+
+/// Returns the deadline of small requests: 5 × `read_timeout`, at least 5
+/// minutes. Manifests, list pages and tokens are small, so a reply that
+/// takes longer is stalling one byte at a time, which `read_timeout` alone
+/// never catches. Blob transfers may legitimately take hours and get none.
+fn request_deadline(read_timeout: Duration) -> Duration {
+    read_timeout
+        .saturating_mul(5)
+        .max(Duration::from_secs(5 * 60))
 }
 
 /// Clients for every registry a run talks to, created on first use.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use reqwest::header::{
     HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
@@ -22,6 +22,9 @@ use super::{ConnectionSettings, RegistryError, TlsMode};
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Redirect hops followed for one GET or HEAD.
 const MAX_REDIRECTS: usize = 10;
+/// Bytes of an error reply read for its message. Registries send a short
+/// JSON envelope, and the rest of a longer body is never read.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// A request that can be sent again: its body is held in memory.
 pub struct Req {
@@ -30,6 +33,10 @@ pub struct Req {
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
     pub scope: Scope,
+    /// Whether this is a blob download, which only `read_timeout` limits
+    /// because a large blob may take hours. Other requests also get the
+    /// registry's request deadline.
+    pub blob_transfer: bool,
 }
 
 impl Req {
@@ -40,7 +47,14 @@ impl Req {
             headers: HeaderMap::new(),
             body: None,
             scope,
+            blob_transfer: false,
         }
+    }
+
+    /// Marks a blob download, which gets no request deadline.
+    pub fn blob_transfer(mut self) -> Self {
+        self.blob_transfer = true;
+        self
     }
 
     pub fn header(mut self, name: reqwest::header::HeaderName, value: &str) -> Self {
@@ -61,6 +75,34 @@ impl Req {
 pub struct Reply {
     pub response: Response,
     pub permit: OwnedSemaphorePermit,
+    /// The deadline that also bounds reading the body, if any.
+    pub deadline: Option<Deadline>,
+}
+
+/// The end of one attempt of a request other than a blob transfer.
+/// reqwest enforces it, from connecting until the body is read. This copy
+/// lets errors distinguish a missed deadline from `read_timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    at: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn start(limit: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + limit,
+            limit,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    fn expired(&self) -> bool {
+        Instant::now() >= self.at
+    }
 }
 
 /// Outcome of one attempt, before the retry decision.
@@ -78,6 +120,7 @@ pub struct Transport {
     throttle: Throttle,
     rate: Option<RateLimiter>,
     max_attempts: u32,
+    request_deadline: Duration,
     /// The credentials sent, for 401 errors, such as `user alice from the
     /// rules file`.
     credentials_note: String,
@@ -100,12 +143,18 @@ impl Transport {
         Ok(Transport {
             registry: registry.to_string(),
             base,
-            auth: Authenticator::new(registry, settings.credentials.clone(), http.clone()),
+            auth: Authenticator::new(
+                registry,
+                settings.credentials.clone(),
+                http.clone(),
+                settings.request_deadline,
+            ),
             http,
             limit: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             throttle: Throttle::new(settings.max_concurrency.max(1)),
             rate: settings.requests_per_second.map(RateLimiter::new),
             max_attempts: settings.max_attempts.max(1),
+            request_deadline: settings.request_deadline,
             credentials_note: match &settings.credentials {
                 Some(credentials) => format!(
                     "user {} from {}",
@@ -168,7 +217,7 @@ impl Transport {
         let response = builder
             .send()
             .await
-            .map_err(|source| transport_error(&info, source))?;
+            .map_err(|source| transport_error(&info, source, None))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let challenge = response.headers().get(WWW_AUTHENTICATE).cloned();
             let refreshed = self
@@ -182,7 +231,11 @@ impl Transport {
             }
         }
         if response.status().is_success() {
-            return Ok(Reply { response, permit });
+            return Ok(Reply {
+                response,
+                permit,
+                deadline: None,
+            });
         }
         let (error, _) = status_error(info, response).await;
         Err(self.note_credentials(error))
@@ -217,8 +270,8 @@ impl Transport {
         };
         let mut replayed = false;
         loop {
-            let response = match self.follow(req, auth.as_ref()).await {
-                Ok(response) => response,
+            let (response, deadline) = match self.follow(req, auth.as_ref()).await {
+                Ok(sent) => sent,
                 Err(error) => return Attempt::Failed(error, None),
             };
             let status = response.status();
@@ -240,23 +293,30 @@ impl Transport {
                 }
             }
             if status.is_success() {
-                return Attempt::Done(Reply { response, permit });
+                return Attempt::Done(Reply {
+                    response,
+                    permit,
+                    deadline,
+                });
             }
-            let (error, wait) =
-                status_error(RequestInfo::new(&req.method, &req.url), response).await;
+            let info = RequestInfo::new(&req.method, &req.url);
+            let (error, wait) = status_error(info, response).await;
             return Attempt::Failed(error, wait);
         }
     }
 
-    /// Sends `req`, following redirects for GET and HEAD. `Authorization`
-    /// goes only to the registry's own scheme, host and port (its base URL),
-    /// even when `req.url` is on another origin. A redirect to a storage
-    /// backend carries its own signature in the query.
+    /// Sends `req`, following redirects for GET and HEAD, and returns the
+    /// response with the deadline that still bounds its body. The deadline
+    /// covers every hop. `Authorization` goes only to the registry's own
+    /// scheme, host and port (its base URL), even when `req.url` is on
+    /// another origin. A redirect to a storage backend carries its own
+    /// signature in the query.
     async fn follow(
         &self,
         req: &Req,
         auth: Option<&HeaderValue>,
-    ) -> Result<Response, RegistryError> {
+    ) -> Result<(Response, Option<Deadline>), RegistryError> {
+        let deadline = (!req.blob_transfer).then(|| Deadline::start(self.request_deadline));
         let mut url = req.url.clone();
         let follows = req.method == Method::GET || req.method == Method::HEAD;
         // Only the first hop goes to the registry; `requests_per_second`
@@ -275,14 +335,17 @@ impl Transport {
             if let Some(body) = &req.body {
                 builder = builder.body(body.clone());
             }
+            if let Some(deadline) = &deadline {
+                builder = builder.timeout(deadline.remaining());
+            }
             trace!(registry = %self.registry, request = %info, "sending");
             let response = builder
                 .send()
                 .await
-                .map_err(|source| transport_error(&info, source))?;
+                .map_err(|source| transport_error(&info, source, deadline))?;
             trace!(registry = %self.registry, request = %info, status = %response.status(), "received");
             if !(follows && response.status().is_redirection()) {
-                return Ok(response);
+                return Ok((response, deadline));
             }
             let next = redirect_target(&url, &response).ok_or_else(|| RegistryError::Protocol {
                 request: info.clone(),
@@ -364,6 +427,11 @@ fn build_http(
     if settings.tls == TlsMode::Insecure {
         builder = builder.danger_accept_invalid_certs(true);
     }
+    // Unit tests talk to their own loopback servers, never to a proxy that
+    // the environment names.
+    if cfg!(test) {
+        builder = builder.no_proxy();
+    }
     if let Some(path) = &settings.ca_file {
         let pem = std::fs::read(path)
             .map_err(|e| invalid(format!("cannot read ca_file {}: {e}", path.display())))?;
@@ -431,17 +499,68 @@ pub fn redirect_target(base: &Url, response: &Response) -> Option<Url> {
     base.join(location).ok()
 }
 
-fn transport_error(info: &RequestInfo, source: reqwest::Error) -> RegistryError {
-    RegistryError::Transport {
-        request: info.clone(),
-        source,
-        attempts: 1,
+/// Wraps a reqwest failure of `info`, as a missed deadline when it is a
+/// timeout and `deadline` has passed.
+pub fn transport_error(
+    info: &RequestInfo,
+    source: reqwest::Error,
+    deadline: Option<Deadline>,
+) -> RegistryError {
+    match deadline {
+        Some(deadline) if source.is_timeout() && deadline.expired() => {
+            RegistryError::DeadlineExceeded {
+                request: info.clone(),
+                limit: deadline.limit,
+                attempts: 1,
+            }
+        }
+        _ => RegistryError::Transport {
+            request: info.clone(),
+            source,
+            attempts: 1,
+        },
     }
 }
 
+/// A body read up to a limit.
+pub struct CappedBody {
+    /// The body's first bytes, at most the limit.
+    pub bytes: Bytes,
+    /// Whether the body went on past the limit. Reading stopped there.
+    pub truncated: bool,
+}
+
+/// Reads a body up to `limit` bytes, so a registry's endless body costs at
+/// most `limit` bytes of memory.
+pub async fn read_capped(
+    response: &mut Response,
+    limit: usize,
+) -> Result<CappedBody, reqwest::Error> {
+    let mut bytes = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit - bytes.len();
+        if chunk.len() > room {
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(CappedBody {
+                bytes: bytes.freeze(),
+                truncated: true,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(CappedBody {
+        bytes: bytes.freeze(),
+        truncated: false,
+    })
+}
+
 /// Turns a non-2xx response into an error, with the wait that `Retry-After`
-/// requests on a transient status.
-async fn status_error(info: RequestInfo, response: Response) -> (RegistryError, Option<Duration>) {
+/// requests on a transient status. Only the first
+/// [`MAX_ERROR_BODY_BYTES`] of the body are read.
+async fn status_error(
+    info: RequestInfo,
+    mut response: Response,
+) -> (RegistryError, Option<Duration>) {
     let status = response.status();
     let wait = if is_transient_status(status) {
         response
@@ -451,10 +570,11 @@ async fn status_error(info: RequestInfo, response: Response) -> (RegistryError, 
     } else {
         None
     };
-    let body = response
-        .bytes()
+    // A body that fails to arrive, or misses the deadline that reqwest
+    // applies to it, leaves the status with an empty body.
+    let body = read_capped(&mut response, MAX_ERROR_BODY_BYTES)
         .await
-        .map(|b| ErrorBody::parse(&b))
+        .map(|body| ErrorBody::parse(&body.bytes))
         .unwrap_or(ErrorBody::Empty);
     let error = RegistryError::Status {
         request: info,

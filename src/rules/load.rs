@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use globset::GlobBuilder;
 
 use super::conflicts::{find_conflicts, Conflict};
-use super::locate::{Locations, YamlPath};
+use super::locate::{Locations, NestingTooDeep, YamlPath, MAX_NESTING};
 use super::parse::{parse, ParsedFile};
 use super::raw::{RawDefaults, RawRegistry};
 use super::settings::connection_settings;
@@ -222,9 +222,18 @@ impl Loader {
                 return self.diagnostics.push(Diagnostic::new(file, None, message));
             }
         };
+        let locations = match Locations::parse(&text) {
+            Ok(locations) => locations,
+            Err(NestingTooDeep { line, column }) => {
+                let message = format!("invalid YAML: nested deeper than {MAX_NESTING} levels; valid rules nest at most 5 levels, so look here for a long run of `- `, `[` or indented keys");
+                let mut diagnostic = Diagnostic::new(file, None, message);
+                diagnostic.location = Some((line, column));
+                return self.diagnostics.push(diagnostic);
+            }
+        };
         let context = FileContext {
             file: file.to_path_buf(),
-            locations: Locations::parse(&text),
+            locations,
         };
         let first = self.diagnostics.len();
         let (raw, errors) = parse(&text);
@@ -476,5 +485,24 @@ mod tests {
         };
         assert!(matcher.is_match("ns2/a"));
         assert!(!matcher.is_match("ns2/a/b"));
+    }
+
+    #[test]
+    fn deep_nesting_is_a_located_error() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("deep.yaml");
+        let text = format!("rules:\n  {}x\n", "- ".repeat(2800));
+        std::fs::write(&file, text).unwrap();
+
+        let error = load(&file).expect_err("2800 nested sequences are invalid");
+
+        assert_eq!(error.diagnostics.len(), 1, "{:?}", error.diagnostics);
+        let diagnostic = &error.diagnostics[0];
+        assert!(
+            diagnostic.message.contains("nested deeper than 64 levels"),
+            "{}",
+            diagnostic.message
+        );
+        assert_eq!(diagnostic.location, Some((2, 129)));
     }
 }

@@ -70,6 +70,20 @@ impl std::fmt::Display for YamlPath {
     }
 }
 
+/// Maximum nesting of mappings and sequences in a rules file, the
+/// top-level mapping included. Valid rules nest at most five levels, as in
+/// `rules[0].tags.include[0]`. The limit stays below serde_yaml's own limit
+/// of 128, so this check, which reports a position, fires first.
+pub const MAX_NESTING: usize = 64;
+
+/// Position, 1-based, of the mapping or sequence that opens nesting level
+/// [`MAX_NESTING`] + 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestingTooDeep {
+    pub line: usize,
+    pub column: usize,
+}
+
 /// Positions of the values of one document, 1-based line and column.
 #[derive(Debug, Default)]
 pub struct Locations {
@@ -77,14 +91,33 @@ pub struct Locations {
 }
 
 impl Locations {
-    /// Parses `text`, keeping the position of every value. A file that is
-    /// not valid YAML yields the positions read before the syntax error.
-    pub fn parse(text: &str) -> Self {
+    /// Parses the first document of `text`, keeping the position of every
+    /// value. A file that is not valid YAML yields the positions read
+    /// before the syntax error. Nesting deeper than [`MAX_NESTING`] is an
+    /// error, so the caller can reject the file before serde_yaml parses it.
+    pub fn parse(text: &str) -> Result<Self, NestingTooDeep> {
         let mut walker = Walker::default();
-        let _ = Parser::new_from_str(text).load(&mut walker, false);
-        Locations {
-            values: walker.values,
+        let mut parser = Parser::new_from_str(text);
+        // `Parser::load` recurses once per nesting level and overflows the
+        // stack at a few thousand levels, so events are pulled one at a
+        // time and the walker keeps its own stack of frames.
+        while let Ok((event, mark)) = parser.next_token() {
+            match event {
+                Event::DocumentEnd | Event::StreamEnd => break,
+                Event::MappingStart(..) | Event::SequenceStart(..)
+                    if walker.frames.len() >= MAX_NESTING =>
+                {
+                    return Err(NestingTooDeep {
+                        line: mark.line(),
+                        column: mark.col() + 1,
+                    });
+                }
+                _ => walker.on_event(event, mark),
+            }
         }
+        Ok(Locations {
+            values: walker.values,
+        })
     }
 
     /// Position of the value at `path`, else of its nearest ancestor that
@@ -203,7 +236,7 @@ mod tests {
 
     #[test]
     fn values_have_line_and_column() {
-        let locations = Locations::parse(TEXT);
+        let locations = Locations::parse(TEXT).unwrap();
         let root = YamlPath::root();
         let tls = root.key("registries").key("127.0.0.1:5001").key("tls");
         assert_eq!(locations.find(&tls), Some((3, 10)));
@@ -220,7 +253,7 @@ mod tests {
 
     #[test]
     fn missing_value_points_at_parent() {
-        let locations = Locations::parse(TEXT);
+        let locations = Locations::parse(TEXT).unwrap();
         let missing = YamlPath::root().key("rules").index(1).key("source");
         assert_eq!(locations.find(&missing), Some((9, 5)));
     }

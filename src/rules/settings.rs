@@ -127,7 +127,7 @@ fn set_limits(raw: &RawRegistry, settings: &mut ConnectionSettings, errors: &mut
         settings.connect_timeout = duration;
     }
     if let Some(duration) = parse_field("read_timeout", &raw.read_timeout, errors) {
-        settings.read_timeout = duration;
+        settings.set_read_timeout(duration);
     }
 }
 
