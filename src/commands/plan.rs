@@ -1,6 +1,6 @@
 //! `syncer plan`: print what apply would do, and optionally save it.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{load_rules, registries, Exit};
 use crate::cli::{PlanArgs, PlanFormat};
@@ -55,12 +55,18 @@ pub(super) async fn make_plan(
     if let Some(shard) = shard {
         info!(%shard, "planning one shard of the destination repositories");
     }
-    build_plan(rules, registries, &PlanOptions { jobs, shard })
+    let plan = build_plan(rules, registries, &PlanOptions { jobs, shard })
         .await
         .map_err(|errors| {
             print_errors("planning failed", &errors);
             Exit::Failure
-        })
+        })?;
+    // The plan shows its warnings too, but logs are what cron jobs keep and
+    // alerting reads, so each one also goes out at WARN level.
+    for warning in &plan.warnings {
+        warn!(warning = ?warning, "plan warning");
+    }
+    Ok(plan)
 }
 
 /// Prints each error, then a count with `what` in front of it.

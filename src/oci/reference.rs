@@ -211,6 +211,16 @@ pub fn check_registry_host(host: &str) -> Result<(), String> {
             Ok(number) if number > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
             _ => return Err(format!("port {port:?} is not a number from 1 to 65535")),
         }
+        // Hosts are compared as written, so `:05000` would be another
+        // registry than `:5000` and slip past the checks between rules.
+        if port.starts_with('0') {
+            return Err(format!("port {port:?} has a leading zero; write it without"));
+        }
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "host {name:?} has uppercase letters; write it in lowercase, as hosts are compared as written"
+        ));
     }
     Ok(())
 }
@@ -396,6 +406,8 @@ mod tests {
             ("[::1]x", "is not `:port`"),
             ("[zz]:1", "not an IPv6 address"),
             ("a[b]", "only enclose"),
+            ("127.0.0.1:05000", "leading zero"),
+            ("Registry.example.com", "uppercase"),
         ] {
             let error = check_registry_host(bad).unwrap_err();
             assert!(error.contains(reason), "{bad}: {error}");
