@@ -294,6 +294,14 @@ impl Loader {
     fn check_name(&mut self, context: &FileContext, path: &YamlPath, name: &str) {
         let name_path = path.key("name");
         let place = context.place(&name_path);
+        // Names reach terminals, logs and pull-request comments as written.
+        let allowed = |c: char| c.is_alphanumeric() || " -_.:/".contains(c);
+        if name.is_empty() || !name.chars().all(allowed) {
+            let message = format!("invalid rule name {name:?}; use letters, digits, spaces and - _ . : /");
+            self.diagnostics
+                .push(context.diagnostic(&name_path, "", message));
+            return;
+        }
         if let Some(first) = self.names.get(name) {
             let message = format!("duplicate rule name {name:?}, first used at {first}; rule names must be unique across all files");
             self.diagnostics
