@@ -888,3 +888,43 @@ fn overlong_blob_body_is_cut_off() {
     assert_eq!(copy.get_blob("long/app", &layer.digest), None);
     assert_eq!(copy.manifest_digest("long/app", "v1"), None);
 }
+
+#[test]
+fn uncopyable_manifest_is_skipped_not_planned() {
+    let body = br#"{"schemaVersion":2,"mediaType":"application/vnd.example.thing+json"}"#.to_vec();
+    let digest = sha256_digest(&body);
+    let host = scripted_server(move |_, target| {
+        if target.starts_with("/v2/odd/app/manifests/") {
+            Reply {
+                status: 200,
+                headers: vec![
+                    (
+                        "Content-Type".into(),
+                        "application/vnd.example.thing+json".into(),
+                    ),
+                    ("Docker-Content-Digest".into(), digest.clone()),
+                ],
+                body: body.clone(),
+            }
+        } else {
+            json_reply(404, serde_json::json!({"errors": []}), None)
+        }
+    });
+    let destination = Registry::start();
+    let dir = TempDir::new().unwrap();
+    let text = format!(
+        "registries:\n  {host}: {{tls: disabled}}\n  {dst}: {{tls: disabled}}\nrules:\n  - source: {host}/odd/app:v1\n    destinations: [{dst}/odd/app]\n",
+        dst = destination.host()
+    );
+    let rules = write_rules(dir.path(), "rules.yaml", &text);
+
+    // Nothing can be done about it, so it is no change to apply every night.
+    let plan = Syncer::new()
+        .run(&["plan", "--detailed-exitcode", rules.to_str().unwrap()])
+        .expect_code(0);
+
+    assert!(plan.stdout.contains("Skipped:"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("cannot be copied"), "{}", plan.stdout);
+    assert!(plan.stderr.contains("cannot be copied"), "{}", plan.stderr);
+    assert!(plan.stdout.contains("1 skipped"), "{}", plan.stdout);
+}

@@ -214,7 +214,9 @@ pub fn check_registry_host(host: &str) -> Result<(), String> {
         // Hosts are compared as written, so `:05000` would be another
         // registry than `:5000` and slip past the checks between rules.
         if port.starts_with('0') {
-            return Err(format!("port {port:?} has a leading zero; write it without"));
+            return Err(format!(
+                "port {port:?} has a leading zero; write it without"
+            ));
         }
     }
     if name.bytes().any(|b| b.is_ascii_uppercase()) {

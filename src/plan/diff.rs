@@ -320,11 +320,11 @@ async fn fill_trees(
             match tree {
                 Ok(_) => Ok(None),
                 // Content this tool cannot copy, such as a manifest of an
-                // unknown media type, fails that image at apply time and
-                // leaves the rest alone.
-                Err(RegistryError::Manifest(error)) => Ok(Some(format!(
-                    "{registry}/{repository}@{digest}: cannot be copied: {error}"
-                ))),
+                // unknown media type or an index nested too deep, is
+                // skipped with a note; the rest of the plan goes on.
+                Err(RegistryError::Manifest(error)) => {
+                    Ok(Some(((registry, repository, digest), error.to_string())))
+                }
                 Err(source) => Err(PlanError::Registry {
                     reference: format!("{registry}/{repository}@{digest}"),
                     source,
@@ -334,8 +334,31 @@ async fn fill_trees(
         .buffer_unordered(jobs)
         .collect()
         .await;
-    let notes = collect_results(results.into_iter())?;
-    Ok(notes.into_iter().flatten().collect())
+    let uncopyable: HashMap<(String, Repository, Digest), String> =
+        collect_results(results.into_iter())?
+            .into_iter()
+            .flatten()
+            .collect();
+    let mut warnings = Vec::new();
+    for op in operations.iter_mut().filter(|op| op.action.is_change()) {
+        let Some(digest) = op.content_digest().cloned() else {
+            continue;
+        };
+        let key = (
+            op.source.registry.clone(),
+            op.source.repository.clone(),
+            digest,
+        );
+        if let Some(reason) = uncopyable.get(&key) {
+            warnings.push(format!(
+                "{} from {}: cannot be copied: {reason}",
+                op.destination, op.source
+            ));
+            op.action = Action::Skip;
+            op.note = Some(format!("cannot be copied: {reason}"));
+        }
+    }
+    Ok(warnings)
 }
 
 /// HEADs each blob of each changed operation at its destination repository.

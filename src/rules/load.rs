@@ -297,7 +297,8 @@ impl Loader {
         // Names reach terminals, logs and pull-request comments as written.
         let allowed = |c: char| c.is_alphanumeric() || " -_.:/".contains(c);
         if name.is_empty() || !name.chars().all(allowed) {
-            let message = format!("invalid rule name {name:?}; use letters, digits, spaces and - _ . : /");
+            let message =
+                format!("invalid rule name {name:?}; use letters, digits, spaces and - _ . : /");
             self.diagnostics
                 .push(context.diagnostic(&name_path, "", message));
             return;
