@@ -111,19 +111,11 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
     if !plan.has_changes() {
         // As after any apply, the summary line closes the output, so cron
         // logs and alerting read the same line every night.
-        let mut report = Report {
+        let report = Report {
             unchanged: plan.summary.unchanged,
             ..Report::default()
         };
-        report.add_not_planned(&plan.failures);
-        println!();
-        print!("{}", report.text());
-        let exit = if report.has_failures() {
-            Exit::Failure
-        } else {
-            Exit::Success
-        };
-        return Ok((exit, report));
+        return Ok(finish(report, &plan));
     }
     if needs_approval && !confirm()? {
         println!("Apply cancelled.");
@@ -135,9 +127,15 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
         blob_attempts: BLOB_ATTEMPTS,
     };
     let mut progress = Progress::new(ProgressMode::detect());
-    let mut report = execute(&plan, &registries, &options, &progress).await;
-    report.add_not_planned(&plan.failures);
+    let report = execute(&plan, &registries, &options, &progress).await;
     progress.finish();
+    Ok(finish(report, &plan))
+}
+
+/// Counts the copies the plan left out as failures, prints the summary and
+/// returns the exit code with the report.
+fn finish(mut report: Report, plan: &Plan) -> (Exit, Report) {
+    report.add_not_planned(&plan.failures);
     println!();
     print!("{}", report.text());
     let exit = if report.has_failures() {
@@ -145,7 +143,7 @@ async fn apply(args: &ApplyArgs) -> anyhow::Result<(Exit, Report)> {
     } else {
         Exit::Success
     };
-    Ok((exit, report))
+    (exit, report)
 }
 
 /// Takes the lock for the rules and shard, or returns [`Exit::Locked`]

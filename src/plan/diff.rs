@@ -321,7 +321,7 @@ async fn fill_trees(
                 Ok(_) => Ok(None),
                 // Content this tool cannot copy, such as a manifest of an
                 // unknown media type or an index nested too deep, is
-                // skipped with a note; the rest of the plan goes on.
+                // skipped with a note. The rest of the plan goes on.
                 Err(RegistryError::Manifest(error)) => {
                     Ok(Some(((registry, repository, digest), error.to_string())))
                 }

@@ -281,7 +281,7 @@ fn fold(title: &str, rows: usize, body: &str) -> String {
     format!("<details>\n<summary>{title}</summary>\n\n{body}\n</details>\n\n")
 }
 
-/// Whether a terminal could act on `c`: a control character such as ESC,
+/// Returns whether a terminal could act on `c`: a control character such as ESC,
 /// or a bidirectional formatting character that reorders the line.
 fn is_hidden_control(c: char) -> bool {
     c.is_control()

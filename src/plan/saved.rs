@@ -126,7 +126,7 @@ pub async fn find_moved(
     jobs: usize,
 ) -> Result<Vec<Moved>, Vec<PlanError>> {
     // Destinations are checked with the push access that apply requests next,
-    // so a token server sees the same scopes as during the run.
+    // so a token server receives the same scopes as during the run.
     let mut expected: BTreeMap<Reference, (Option<Digest>, Access)> = BTreeMap::new();
     for op in &plan.operations {
         if let Some(digest) = &op.source_digest {

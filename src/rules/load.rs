@@ -136,7 +136,7 @@ fn rule_files(path: &Path) -> Result<Vec<PathBuf>, Vec<Diagnostic>> {
     Ok(files)
 }
 
-/// Whether `file` ends in `.yaml` or `.yml`, in any letter case.
+/// Returns whether `file` ends in `.yaml` or `.yml`, in any letter case.
 fn has_rules_extension(file: &Path) -> bool {
     file.extension()
         .and_then(|e| e.to_str())

@@ -5,9 +5,9 @@ use std::fmt;
 
 use crate::oci::Platform;
 
-/// Operating systems an image may name: Go's `GOOS` values, which the OCI
-/// image specification asks images to use, and BuildKit's `unknown` for
-/// attestation manifests.
+/// Operating systems an image may name: Go's `GOOS` values, the names
+/// image configs use, and `unknown`, which BuildKit gives attestation
+/// manifests.
 const KNOWN_OS: [&str; 16] = [
     "aix",
     "android",

@@ -347,7 +347,7 @@ pub struct Faults {
     /// connection is closed without any reply.
     pub lose_patch_reply: u32,
     /// Every request to the proxy listener waits this long before any
-    /// other fault or upstream sees it, so that concurrent requests
+    /// other fault or upstream receives it, so that concurrent requests
     /// overlap and [`FaultProxy::in_flight_at_arrival`] can count them.
     pub delay: Option<Duration>,
 }
