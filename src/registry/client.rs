@@ -541,13 +541,13 @@ fn next_link(base: &Url, headers: &HeaderMap) -> Option<Url> {
     None
 }
 
-/// Reads a whole body of at most `limit` bytes. A larger one, `what` in
-/// the error, is rejected by its `Content-Length` before reading, or once
+/// Reads a whole body of at most `limit` bytes. A larger one, named
+/// `body_kind` in the error, is rejected by its `Content-Length` before reading, or once
 /// `limit` is passed.
 async fn read_body(
     info: &RequestInfo,
     reply: Reply,
-    what: &'static str,
+    body_kind: &'static str,
     limit: usize,
 ) -> Result<Bytes, RegistryError> {
     let Reply {
@@ -557,7 +557,7 @@ async fn read_body(
     } = reply;
     let too_large = || RegistryError::TooLarge {
         request: info.clone(),
-        what,
+        body_kind,
         limit: limit as u64,
     };
     if response

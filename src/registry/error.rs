@@ -134,10 +134,10 @@ pub enum RegistryError {
     },
     /// A reply body over the size syncer reads for its kind, so that a
     /// registry cannot exhaust memory with an endless body.
-    #[error("{request}: {what} is larger than {}, the limit syncer reads; check what the registry serves", format_size(*limit))]
+    #[error("{request}: {body_kind} is larger than {}, the limit syncer reads; check what the registry serves", format_size(*limit))]
     TooLarge {
         request: RequestInfo,
-        what: &'static str,
+        body_kind: &'static str,
         limit: u64,
     },
     /// A request other than a blob transfer that did not finish, body
