@@ -5,12 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Run, Syncer};
+use common::{HttpServer, Reply, Run, Syncer};
 use sha2::Digest as _;
 use tempfile::TempDir;
 use testkit::certs::Ca;
@@ -156,63 +154,17 @@ fn paginated_tags_are_followed() {
     );
 }
 
-/// One scripted reply of [`scripted_server`].
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// Serves HTTP/1.1 on loopback, one request per connection, answering each
-/// with `respond(method, path_and_query)`.
+/// Serves HTTP/1.1 on loopback, answering each request with
+/// `respond(method, path_and_query)`, and returns its `host:port`.
 fn scripted_server(respond: impl Fn(&str, &str) -> Reply + Send + 'static) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let mut parts = request_line.split_whitespace();
-            let method = parts.next().unwrap_or("").to_string();
-            let target = parts.next().unwrap_or("").to_string();
-            let reply = respond(&method, &target);
-            let mut head = format!(
-                "HTTP/1.1 {} X\r\nConnection: close\r\nContent-Length: {}\r\n",
-                reply.status,
-                reply.body.len()
-            );
-            for (name, value) in &reply.headers {
-                head.push_str(&format!("{name}: {value}\r\n"));
-            }
-            head.push_str("\r\n");
-            let _ = stream.write_all(head.as_bytes());
-            if method != "HEAD" {
-                let _ = stream.write_all(&reply.body);
-            }
-        }
-    });
-    host
+    HttpServer::start(move |request| respond(&request.method, &request.target)).host
 }
 
 fn json_reply(status: u16, body: serde_json::Value, link: Option<&str>) -> Reply {
-    let mut headers = vec![("Content-Type".to_string(), "application/json".to_string())];
-    if let Some(link) = link {
-        headers.push(("Link".into(), format!("<{link}>; rel=\"next\"")));
-    }
-    Reply {
-        status,
-        headers,
-        body: body.to_string().into_bytes(),
+    let reply = Reply::json(status, body);
+    match link {
+        Some(link) => reply.header("Link", &format!("<{link}>; rel=\"next\"")),
+        None => reply,
     }
 }
 

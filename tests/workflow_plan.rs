@@ -394,7 +394,7 @@ fn hostile_registry() -> HttpServer {
                     ("Content-Type".into(), media_type.into()),
                     ("Docker-Content-Digest".into(), digest.clone()),
                 ],
-                body: index.clone(),
+                body: index.clone().into_bytes(),
             };
         }
         Reply::not_found()

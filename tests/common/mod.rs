@@ -124,7 +124,7 @@ pub struct Received {
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    pub body: String,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -132,7 +132,7 @@ impl Reply {
         Reply {
             status,
             headers: vec![("Content-Type".into(), "application/json".into())],
-            body: body.to_string(),
+            body: body.to_string().into_bytes(),
         }
     }
 
@@ -201,7 +201,7 @@ impl HttpServer {
                 head.push_str("\r\n");
                 let _ = stream.write_all(head.as_bytes());
                 if request.method != "HEAD" {
-                    let _ = stream.write_all(reply.body.as_bytes());
+                    let _ = stream.write_all(&reply.body);
                 }
             }
         });
