@@ -431,7 +431,7 @@ fn prune_spares_source_without_tags() {
     };
     let source = Pusher::new(&pair.source);
     source.push_image("team/kept", "v1", &sample_image("kept"));
-    let gone = source.push_image("team/gone", "v1", &sample_image("gone"));
+    let gone_digest = source.push_image("team/gone", "v1", &sample_image("gone"));
     let rules = pair.rules(
         "glob.yaml",
         "rules:\n  - name: all\n    source: SRC/team/**\n    destinations: [DST/mirror]\n    prune: true\n",
@@ -442,7 +442,7 @@ fn prune_spares_source_without_tags() {
         .run(&["apply", "--auto-approve", path])
         .expect_code(0);
     // The registry still lists the repository, now with `"tags": null`.
-    source.delete_manifest("team/gone", &gone);
+    source.delete_manifest("team/gone", &gone_digest);
     Pusher::new(&pair.destination).push_image("mirror/kept", "stale", &sample_image("stale"));
 
     let apply = syncer

@@ -947,7 +947,7 @@ fn wrap_blob_body(
         fault,
         pos: 0,
         cutting: None,
-        held: None,
+        after_stall: None,
         done: false,
     }
     .boxed_unsync()
@@ -1269,7 +1269,7 @@ struct FaultBody {
     /// error that makes hyper abort the connection.
     cutting: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes kept back until a stall ends.
-    held: Option<Bytes>,
+    after_stall: Option<Bytes>,
     done: bool,
 }
 
@@ -1308,9 +1308,9 @@ impl Body for FaultBody {
                 "testkit proxy: connection dropped mid-blob (injected)".into(),
             )));
         }
-        if let Some(held) = this.held.take() {
-            this.pos += held.len() as u64;
-            return Poll::Ready(Some(Ok(Frame::data(held))));
+        if let Some(rest) = this.after_stall.take() {
+            this.pos += rest.len() as u64;
+            return Poll::Ready(Some(Ok(Frame::data(rest))));
         }
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             None => {
@@ -1330,7 +1330,7 @@ impl Body for FaultBody {
                         // Send up to the pause point now, the rest after it.
                         let keep = (at - start) as usize;
                         this.pos = at;
-                        this.held = Some(data.slice(keep..));
+                        this.after_stall = Some(data.slice(keep..));
                         data.slice(0..keep)
                     }
                     BodyFault::Cut(at) if end > at => {
